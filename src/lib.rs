@@ -3,3 +3,9 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the module map.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod layout;
+pub mod model;
+pub mod record;
+pub mod time;
+pub mod xml;

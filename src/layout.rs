@@ -1,0 +1,415 @@
+//! What lands on a target (export-layout.md): the record folder from the
+//! policy's path template, the output file names, and which content files a
+//! policy selects. Pure.
+
+use std::fmt;
+
+use crate::record::{FileRef, FileRole, Record};
+use crate::time::Timestamp;
+
+/// The default path template.
+pub const DEFAULT_TEMPLATE: &str = "{yyyy}/{mm}/{dd}/{user_id}/{id}";
+
+/// A template field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `{yyyy}` UTC start year.
+    Year,
+    /// `{mm}` UTC start month.
+    Month,
+    /// `{dd}` UTC start day.
+    Day,
+    /// `{hh}` UTC start hour.
+    Hour,
+    /// `{id}` record id.
+    Id,
+    /// `{user_id}` the matched user.
+    UserId,
+    /// `{extension}` the recorded extension.
+    Extension,
+    /// `{modality}` the conversation type.
+    Modality,
+    /// `{platform}` the source platform.
+    Platform,
+    /// `{location}` the recorder host.
+    Location,
+    /// `{policy_id}` the policy.
+    PolicyId,
+}
+
+impl Field {
+    fn parse(s: &str) -> Option<Field> {
+        Some(match s {
+            "yyyy" => Field::Year,
+            "mm" => Field::Month,
+            "dd" => Field::Day,
+            "hh" => Field::Hour,
+            "id" => Field::Id,
+            "user_id" => Field::UserId,
+            "extension" => Field::Extension,
+            "modality" => Field::Modality,
+            "platform" => Field::Platform,
+            "location" => Field::Location,
+            "policy_id" => Field::PolicyId,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Lit(String),
+    Field(Field),
+}
+
+/// A parsed path template: components separated by `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    components: Vec<Vec<Piece>>,
+}
+
+/// A template that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path_template {template:?}: {why}")]
+pub struct TemplateError {
+    /// The template.
+    pub template: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl Template {
+    /// Parses and checks a template.
+    pub fn parse(t: &str) -> Result<Template, TemplateError> {
+        let err = |why: String| TemplateError {
+            template: t.to_string(),
+            why,
+        };
+        if t.is_empty() {
+            return Err(err("is empty".into()));
+        }
+        if t.starts_with('/') {
+            return Err(err("must be relative (no leading /)".into()));
+        }
+        let mut components = Vec::new();
+        for comp in t.split('/') {
+            if comp.is_empty() {
+                return Err(err("has an empty component (`//` or trailing /)".into()));
+            }
+            if comp == "." || comp == ".." {
+                return Err(err(format!("component {comp:?} is not allowed")));
+            }
+            let mut pieces = Vec::new();
+            let mut rest = comp;
+            while !rest.is_empty() {
+                if let Some(open) = rest.find('{') {
+                    if open > 0 {
+                        pieces.push(Piece::Lit(rest[..open].to_string()));
+                    }
+                    let close = rest[open..]
+                        .find('}')
+                        .ok_or_else(|| err("has an unclosed `{`".into()))?;
+                    let name = &rest[open + 1..open + close];
+                    let f = Field::parse(name).ok_or_else(|| {
+                        err(format!(
+                            "unknown field {{{name}}} (known: yyyy mm dd hh id user_id extension modality platform location policy_id)"
+                        ))
+                    })?;
+                    pieces.push(Piece::Field(f));
+                    rest = &rest[open + close + 1..];
+                } else {
+                    if rest.contains('}') {
+                        return Err(err("has a stray `}`".into()));
+                    }
+                    pieces.push(Piece::Lit(rest.to_string()));
+                    rest = "";
+                }
+            }
+            for p in &pieces {
+                if let Piece::Lit(l) = p {
+                    if l.contains('}') {
+                        return Err(err("has a stray `}`".into()));
+                    }
+                    if l.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\') {
+                        return Err(err("has a control character or backslash".into()));
+                    }
+                }
+            }
+            components.push(pieces);
+        }
+        Ok(Template { components })
+    }
+
+    /// Expands the template; every field value is sanitised to one safe
+    /// path component. The result uses `/` separators and never starts with
+    /// `/` nor contains `.`/`..` components.
+    pub fn expand(&self, v: &Values<'_>) -> String {
+        let mut out = String::new();
+        let c = v.start.civil();
+        for (i, comp) in self.components.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            let mut s = String::new();
+            for p in comp {
+                match p {
+                    Piece::Lit(l) => s.push_str(l),
+                    Piece::Field(f) => {
+                        let val: String = match f {
+                            Field::Year => format!("{:04}", c.year),
+                            Field::Month => format!("{:02}", c.month),
+                            Field::Day => format!("{:02}", c.day),
+                            Field::Hour => format!("{:02}", c.hour),
+                            Field::Id => v.id.to_string(),
+                            Field::UserId => v.user_id.to_string(),
+                            Field::Extension => v.extension.to_string(),
+                            Field::Modality => v.modality.to_string(),
+                            Field::Platform => v.platform.to_string(),
+                            Field::Location => v.location.to_string(),
+                            Field::PolicyId => v.policy_id.to_string(),
+                        };
+                        s.push_str(&sanitize_component(&val));
+                    }
+                }
+            }
+            out.push_str(&sanitize_component(&s));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, comp) in self.components.iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            for p in comp {
+                match p {
+                    Piece::Lit(l) => f.write_str(l)?,
+                    Piece::Field(x) => write!(f, "{{{x:?}}}")?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values a template is expanded with.
+#[derive(Debug, Clone)]
+pub struct Values<'a> {
+    /// UTC start time.
+    pub start: Timestamp,
+    /// Record id.
+    pub id: &'a str,
+    /// Matched user id.
+    pub user_id: &'a str,
+    /// Recorded extension as written by the recorder.
+    pub extension: &'a str,
+    /// Conversation type.
+    pub modality: &'a str,
+    /// Source platform.
+    pub platform: &'a str,
+    /// Recorder host.
+    pub location: &'a str,
+    /// Policy id.
+    pub policy_id: &'a str,
+}
+
+impl<'a> Values<'a> {
+    /// Values of a record matched to a user and policy.
+    pub fn of(r: &'a Record, user_id: &'a str, policy_id: &'a str) -> Values<'a> {
+        Values {
+            start: r.start_time,
+            id: &r.id,
+            user_id,
+            extension: &r.recorded_extension,
+            modality: r.modality.as_str(),
+            platform: &r.source_platform,
+            location: &r.location,
+            policy_id,
+        }
+    }
+}
+
+/// Makes `s` one safe path component: `/`, `\`, control bytes and NUL become
+/// `_`; `.`/`..`/empty become `_`; longer than 200 bytes is cut at a char boundary.
+pub fn sanitize_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if ch == '/' || ch == '\\' || ch.is_control() {
+            out.push('_');
+        } else {
+            out.push(ch);
+        }
+    }
+    if out.len() > 200 {
+        let mut cut = 200;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        return "_".to_string();
+    }
+    out
+}
+
+/// One file to write into a record folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFile {
+    /// Index into `record.files`.
+    pub index: usize,
+    /// Final name in the record folder.
+    pub out_name: String,
+    /// Decrypt while copying.
+    pub decrypt: bool,
+}
+
+/// Why a record's files cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Two files would land under one name.
+    #[error("files {0:?} and {1:?} would both be written as {2:?} in the record folder")]
+    Collision(String, String, String),
+}
+
+/// The extension of a file name, ignoring a trailing `.age`, lowercase.
+pub fn content_extension(name: &str) -> String {
+    let n = name.strip_suffix(".age").unwrap_or(name);
+    match n.rfind('.') {
+        Some(i) if i + 1 < n.len() => n[i + 1..].to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// Whether a file passes the `file_extensions` setting.
+pub fn extension_selected(name: &str, allowed: Option<&[String]>) -> bool {
+    match allowed {
+        None => true,
+        Some(list) => {
+            let ext = content_extension(name);
+            list.iter()
+                .any(|x| x.trim().trim_start_matches('.').eq_ignore_ascii_case(&ext))
+        }
+    }
+}
+
+/// The metadata XML's name in the record folder.
+pub fn metadata_name(record_id: &str, encrypted_kept: bool) -> String {
+    let id = sanitize_component(record_id);
+    if encrypted_kept { format!("{id}.xml.age") } else { format!("{id}.xml") }
+}
+
+/// Plans the content files of `r` for a policy: selection by extension and
+/// role (`attachment` only with `im_attachments`), output names (without
+/// `.age` when decrypting), and collision checks against each other and the
+/// record's own generated names.
+pub fn plan_files(
+    r: &Record,
+    decrypt: bool,
+    im_attachments: bool,
+    file_extensions: Option<&[String]>,
+) -> Result<Vec<PlannedFile>, PlanError> {
+    let mut out: Vec<PlannedFile> = Vec::new();
+    let reserved = [
+        metadata_name(&r.id, false),
+        metadata_name(&r.id, true),
+        format!("{}.messages.json", sanitize_component(&r.id)),
+        format!("{}.vcon.json", sanitize_component(&r.id)),
+    ];
+    for (i, f) in r.files.iter().enumerate() {
+        if f.role == FileRole::Attachment && !im_attachments {
+            continue;
+        }
+        if !extension_selected(f.base_name(), file_extensions) {
+            continue;
+        }
+        let dec = decrypt && f.is_encrypted();
+        let name = output_name(f, decrypt);
+        if let Some(prev) = out.iter().find(|p| p.out_name == name) {
+            return Err(PlanError::Collision(
+                r.files[prev.index].path.clone(),
+                f.path.clone(),
+                name,
+            ));
+        }
+        if reserved.contains(&name) {
+            return Err(PlanError::Collision(f.path.clone(), "(generated)".into(), name));
+        }
+        out.push(PlannedFile {
+            index: i,
+            out_name: name,
+            decrypt: dec,
+        });
+    }
+    Ok(out)
+}
+
+/// A content file's name in the record folder.
+pub fn output_name(f: &FileRef, decrypt: bool) -> String {
+    let base = f.base_name();
+    let base = if decrypt { base.strip_suffix(".age").unwrap_or(base) } else { base };
+    sanitize_component(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals() -> Values<'static> {
+        Values {
+            start: Timestamp::parse_recorder("2026.11.21 04:03:07.120").unwrap(),
+            id: "rec/../1",
+            user_id: "..",
+            extension: "+1 212",
+            modality: "voice",
+            platform: "ipc_unigy",
+            location: "ny\u{0}rec",
+            policy_id: "p-voice",
+        }
+    }
+
+    #[test]
+    fn default_template() {
+        let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
+        assert_eq!(t.expand(&vals()), "2026/11/21/_/rec_.._1");
+    }
+
+    #[test]
+    fn all_fields_sanitised() {
+        let t = Template::parse("{location}/{hh}h-{policy_id}/{extension}/x{modality}{platform}").unwrap();
+        assert_eq!(t.expand(&vals()), "ny_rec/04h-p-voice/+1 212/xvoiceipc_unigy");
+    }
+
+    #[test]
+    fn bad_templates() {
+        for t in ["", "/abs/{id}", "a//b", "{id}/..", "{nope}", "{id", "a}b", "a/./b"] {
+            assert!(Template::parse(t).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn extension_selection() {
+        let l = vec!["wav".to_string(), ".VTR".to_string()];
+        assert!(extension_selected("call.wav", Some(&l)));
+        assert!(extension_selected("call.wav.age", Some(&l)));
+        assert!(extension_selected("x.vtr", Some(&l)));
+        assert!(!extension_selected("x.mp4", Some(&l)));
+        assert!(!extension_selected("age", Some(&l)));
+        assert!(extension_selected("x.mp4", None));
+    }
+
+    #[test]
+    fn planning_names_and_collisions() {
+        let mut r = crate::record::parse(crate::record::tests_support::SAMPLE.as_bytes()).unwrap();
+        let p = plan_files(&r, true, false, None).unwrap();
+        assert_eq!(p[1].out_name, "call.vtr");
+        assert!(p[1].decrypt && !p[0].decrypt);
+        let p = plan_files(&r, false, false, None).unwrap();
+        assert_eq!(p[1].out_name, "call.vtr.age");
+        r.files[1].path = "other/call.wav".into();
+        assert!(matches!(plan_files(&r, false, false, None), Err(PlanError::Collision(..))));
+    }
+}
