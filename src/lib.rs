@@ -9,3 +9,6 @@ pub mod model;
 pub mod record;
 pub mod time;
 pub mod xml;
+pub mod audit;
+pub mod journal;
+pub mod target;

@@ -1,0 +1,339 @@
+//! Folder target (`kind = "fs"`): a mounted archive folder.
+//!
+//! Every file is written as a hidden temp name in its final folder, fsynced,
+//! renamed to its final name with `RENAME_NOREPLACE` (so a final name is
+//! never overwritten), then the folder is fsynced. Newly created folders are
+//! fsynced into their parents. The target root itself is never created: a
+//! missing root usually means an unmounted share, and writing into the mount
+//! point would fill the appliance's own disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256, Sha512};
+
+use super::{PutReceipt, PutRequest, Source, Target, TargetError};
+use crate::model::TargetSpec;
+
+/// Copy buffer size.
+const BUF: usize = 256 << 10;
+
+/// A folder target.
+pub struct FsTarget {
+    spec: TargetSpec,
+    root: PathBuf,
+}
+
+impl FsTarget {
+    /// A target for `spec` (which must be `kind = "fs"` with a `path`).
+    pub fn new(spec: &TargetSpec) -> FsTarget {
+        FsTarget {
+            root: spec.path.clone().unwrap_or_default(),
+            spec: spec.clone(),
+        }
+    }
+
+    /// The target root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn io_err(&self, what: &str, path: &Path, e: io::Error) -> TargetError {
+        let hint = match e.raw_os_error() {
+            Some(28) => " (target is full: free space or grow the volume; the backlog drains by itself)",
+            Some(30) => " (target is read-only: remount it read-write; the backlog drains by itself)",
+            Some(13) | Some(1) => " (permission denied: give the exportd user write access)",
+            _ => "",
+        };
+        TargetError::Transient(format!("{what} {}: {e}{hint}", path.display()))
+    }
+
+    /// Creates `folder` below the root, fsyncing each new directory into its parent.
+    fn ensure_folder(&self, folder: &str) -> Result<PathBuf, TargetError> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(TargetError::Transient(format!(
+                    "target root {} is not a folder",
+                    self.root.display()
+                )));
+            }
+            Err(e) => {
+                return Err(TargetError::Transient(format!(
+                    "target root {} is not reachable: {e} (is the archive share mounted?)",
+                    self.root.display()
+                )));
+            }
+        }
+        let mut dir = self.root.clone();
+        for comp in folder.split('/').filter(|c| !c.is_empty()) {
+            let parent = dir.clone();
+            dir.push(comp);
+            match fs::create_dir(&dir) {
+                Ok(()) => sync_dir(&parent).map_err(|e| self.io_err("fsync folder", &parent, e))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let m = fs::symlink_metadata(&dir)
+                        .map_err(|e| self.io_err("inspect folder", &dir, e))?;
+                    if !m.is_dir() {
+                        return Err(TargetError::Permanent(format!(
+                            "{} exists and is not a folder",
+                            dir.display()
+                        )));
+                    }
+                }
+                Err(e) => return Err(self.io_err("create folder", &dir, e)),
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Renames `from` to `to` in the same folder without ever replacing `to`.
+/// Returns `Ok(false)` when `to` already exists.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            // File systems without RENAME_NOREPLACE: link(2) never replaces.
+            match fs::hard_link(from, to) {
+                Ok(()) => {
+                    fs::remove_file(from)?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+impl Target for FsTarget {
+    fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+
+    fn put(&self, req: &PutRequest<'_>, src: &dyn Source) -> Result<PutReceipt, TargetError> {
+        let dir = self.ensure_folder(req.folder)?;
+        let final_path = dir.join(req.name);
+        let tmp_path = dir.join(format!(".{}.exportd-tmp", req.name));
+
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&tmp_path)
+            .map_err(|e| self.io_err("create", &tmp_path, e))?;
+
+        let result = (|| {
+            let mut input = src.open().map_err(TargetError::Source)?;
+            let mut h256 = Sha256::new();
+            let mut h512 = req.want_sha512.then(Sha512::new);
+            let mut buf = vec![0u8; BUF];
+            let mut total = 0u64;
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(TargetError::Source(e)),
+                };
+                h256.update(&buf[..n]);
+                if let Some(h) = h512.as_mut() {
+                    h.update(&buf[..n]);
+                }
+                out.write_all(&buf[..n])
+                    .map_err(|e| self.io_err("write", &tmp_path, e))?;
+                total += n as u64;
+            }
+            out.sync_all()
+                .map_err(|e| self.io_err("fsync", &tmp_path, e))?;
+            Ok((
+                <[u8; 32]>::from(h256.finalize()),
+                h512.map(|h| <[u8; 64]>::from(h.finalize())),
+                total,
+            ))
+        })();
+        drop(out);
+        let (sha256, sha512, bytes) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
+
+        let placed = match rename_noreplace(&tmp_path, &final_path) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(self.io_err("rename into", &final_path, e));
+            }
+        };
+        if !placed {
+            let _ = fs::remove_file(&tmp_path);
+            let existing =
+                sha256_file(&final_path).map_err(|e| self.io_err("read", &final_path, e))?;
+            if existing != sha256 {
+                return Err(TargetError::Conflict {
+                    location: final_path.display().to_string(),
+                    existing: hex::encode(existing),
+                });
+            }
+            return Ok(PutReceipt {
+                sha256,
+                sha512,
+                bytes,
+                already_present: true,
+                detail: None,
+            });
+        }
+        sync_dir(&dir).map_err(|e| self.io_err("fsync folder", &dir, e))?;
+        Ok(PutReceipt {
+            sha256,
+            sha512,
+            bytes,
+            already_present: false,
+            detail: None,
+        })
+    }
+
+    fn exists(&self, folder: &str, name: &str) -> Result<bool, TargetError> {
+        let p = self.root.join(folder).join(name);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.io_err("inspect", &p, e)),
+        }
+    }
+
+    fn describe(&self, folder: &str) -> String {
+        self.root.join(folder).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TargetKind;
+    use crate::target::BytesSource;
+
+    fn target(root: &Path) -> FsTarget {
+        FsTarget::new(&TargetSpec {
+            id: "t".into(),
+            kind: TargetKind::Fs,
+            path: Some(root.to_path_buf()),
+            endpoint: None,
+            region: None,
+            bucket: None,
+            prefix: None,
+            path_style: None,
+            access_key_id: None,
+            secret_file: None,
+            ca: None,
+            object_lock: None,
+        })
+    }
+
+    struct Failing;
+    impl Source for Failing {
+        fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+            struct R(u32);
+            impl Read for R {
+                fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                    self.0 += 1;
+                    if self.0 > 2 {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad tag"));
+                    }
+                    b[..4].copy_from_slice(b"leak");
+                    Ok(4)
+                }
+            }
+            Ok(Box::new(R(0)))
+        }
+        fn len_hint(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn put_is_atomic_and_never_overwrites() {
+        let d = tempdir();
+        let t = target(&d);
+        let req = PutRequest { folder: "a/b", name: "x.wav", want_sha512: true };
+        let r = t.put(&req, &BytesSource(b"hello")).unwrap();
+        assert!(!r.already_present);
+        assert_eq!(r.bytes, 5);
+        assert_eq!(fs::read(d.join("a/b/x.wav")).unwrap(), b"hello");
+        assert!(r.sha512.is_some());
+        let again = t.put(&req, &BytesSource(b"hello")).unwrap();
+        assert!(again.already_present);
+        let err = t.put(&req, &BytesSource(b"other")).unwrap_err();
+        assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
+        assert_eq!(fs::read(d.join("a/b/x.wav")).unwrap(), b"hello");
+        let names: Vec<_> = fs::read_dir(d.join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn failing_source_leaves_nothing() {
+        let d = tempdir();
+        let t = target(&d);
+        let req = PutRequest { folder: "f", name: "y.wav", want_sha512: false };
+        assert!(matches!(t.put(&req, &Failing), Err(TargetError::Source(_))));
+        assert_eq!(fs::read_dir(d.join("f")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_root_is_not_created() {
+        let d = tempdir().join("unmounted");
+        let t = target(&d);
+        let req = PutRequest { folder: "f", name: "y", want_sha512: false };
+        assert!(matches!(t.put(&req, &BytesSource(b"1")), Err(TargetError::Transient(_))));
+        assert!(!d.exists());
+    }
+
+    fn tempdir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "exportd-fs-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
