@@ -12,3 +12,6 @@ pub mod xml;
 pub mod audit;
 pub mod journal;
 pub mod target;
+pub mod config;
+pub mod matcher;
+pub mod snapshot;

@@ -1,0 +1,293 @@
+//! The local configuration file, `exportd.toml` (config.md).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{Admin, Model, Policy, TargetSpec, User};
+
+/// `[central]`: pull pushed bundles and report status over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Central {
+    /// Base URL, `https://central.example:8443`.
+    pub url: String,
+    /// CA certificate(s) that sign central's server certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's client certificate (PEM).
+    pub client_cert: PathBuf,
+    /// This agent's client key (PEM).
+    pub client_key: PathBuf,
+    /// Heartbeat interval for status reports, seconds.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    60
+}
+
+/// The local file as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// This appliance's id at central.
+    pub agent_id: String,
+    /// Spool roots, watched recursively.
+    #[serde(default = "default_spool")]
+    pub spool: Vec<PathBuf>,
+    /// Journal, audit log, cached bundle, request status.
+    #[serde(default = "default_state")]
+    pub state_dir: PathBuf,
+    /// age identities.
+    #[serde(default = "default_keys")]
+    pub keys_dir: PathBuf,
+    /// How long a missing listed file is waited for, seconds.
+    #[serde(default = "default_grace")]
+    pub incomplete_grace_s: u64,
+    /// Copies running at once.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Who may sign what is pushed.
+    #[serde(default)]
+    pub trust: Vec<Admin>,
+    /// Optional central manager.
+    #[serde(default)]
+    pub central: Option<Central>,
+    /// Inline model version (0 when absent).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Inline targets.
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+    /// Inline policies.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+    /// Inline users.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Inline granted admins.
+    #[serde(default)]
+    pub admins: Option<Vec<Admin>>,
+}
+
+fn default_spool() -> Vec<PathBuf> {
+    vec![PathBuf::from("/var/spool/recorder")]
+}
+fn default_state() -> PathBuf {
+    PathBuf::from("/var/lib/exportd")
+}
+fn default_keys() -> PathBuf {
+    PathBuf::from("/etc/exportd/keys")
+}
+fn default_grace() -> u64 {
+    300
+}
+fn default_workers() -> usize {
+    2
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a field of the wrong type / unknown field.
+    #[error("config {path}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        msg: String,
+    },
+    /// Semantically invalid.
+    #[error("config {path} is invalid:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+}
+
+impl LocalConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<LocalConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LocalConfig::parse(&text, path)
+    }
+
+    /// Parses and validates config text (`path` is for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<LocalConfig, ConfigError> {
+        let cfg: LocalConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The inline policy model.
+    pub fn inline_model(&self) -> Model {
+        Model {
+            version: self.version.unwrap_or(0),
+            issued_at: None,
+            targets: self.targets.clone(),
+            policies: self.policies.clone(),
+            users: self.users.clone(),
+            admins: self.admins.clone(),
+        }
+    }
+
+    /// Every problem with the file (empty = valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.agent_id.trim().is_empty() {
+            p.push("agent_id is empty".to_string());
+        }
+        if self.spool.is_empty() {
+            p.push("spool lists no roots".to_string());
+        }
+        for (i, s) in self.spool.iter().enumerate() {
+            if !s.is_absolute() {
+                p.push(format!("spool root {} must be an absolute path", s.display()));
+            }
+            for (j, t) in self.spool.iter().enumerate() {
+                if i != j && s.starts_with(t) {
+                    p.push(format!(
+                        "spool root {} lies inside spool root {}",
+                        s.display(),
+                        t.display()
+                    ));
+                }
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            p.push(format!("state_dir {} must be an absolute path", self.state_dir.display()));
+        }
+        if !self.keys_dir.is_absolute() {
+            p.push(format!("keys_dir {} must be an absolute path", self.keys_dir.display()));
+        }
+        if self.workers == 0 || self.workers > 64 {
+            p.push(format!("workers = {} must be between 1 and 64", self.workers));
+        }
+        for t in &self.trust {
+            if !matches!(decode_key(&t.public_key), Some(k) if k.len() == 32) {
+                p.push(format!(
+                    "trust key {:?}: public_key must be base64 of a raw 32-byte ed25519 key",
+                    t.keyid
+                ));
+            }
+            for r in &t.roles {
+                if !matches!(r.as_str(), "config" | "export" | "grant") {
+                    p.push(format!("trust key {:?}: unknown role {r:?}", t.keyid));
+                }
+            }
+        }
+        for t in &self.targets {
+            if let Some(root) = &t.path {
+                for s in &self.spool {
+                    if root.starts_with(s) || s.starts_with(root) {
+                        p.push(format!(
+                            "target {:?} path {} overlaps spool root {} (the spool is never written)",
+                            t.id,
+                            root.display(),
+                            s.display()
+                        ));
+                    }
+                }
+            }
+        }
+        p.extend(self.inline_model().validate().into_iter().map(|e| e.0));
+        p
+    }
+}
+
+fn decode_key(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+agent_id  = "ny-rec01"
+spool     = ["/var/spool/recorder"]
+state_dir = "/var/lib/exportd"
+keys_dir  = "/etc/exportd/keys"
+incomplete_grace_s = 300
+
+[[trust]]
+keyid = "central-2026"
+public_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+roles = ["config", "export", "grant"]
+
+[central]
+url = "https://central.example:8443"
+ca = "/etc/exportd/central-ca.pem"
+client_cert = "/etc/exportd/agent.pem"
+client_key  = "/etc/exportd/agent.key"
+
+[[targets]]
+id = "nas1"
+kind = "fs"
+path = "/mnt/archive"
+
+[[policies]]
+id = "p-voice"
+name = "Trader voice to NAS"
+enabled = true
+targets = ["nas1"]
+filters = { conversation_types = ["voice"], source_platforms = ["ipc_unigy", "bt_iptrade"], source_2n = "primary" }
+settings = { decrypt = true, im_attachments = true, file_extensions = ["wav", "vtr"], path_template = "{yyyy}/{mm}/{dd}/{user_id}/{id}", vcon = true }
+
+[[users]]
+id = "u-1001"
+name = "Ann Trader"
+email = "ann@corp.example"
+extensions = ["+12125550100", "sip:ann@corp.example", "TRD-0042"]
+policies = ["p-voice"]
+"#;
+
+    #[test]
+    fn contract_sample_parses() {
+        let c = LocalConfig::parse(SAMPLE, Path::new("x.toml")).unwrap();
+        assert_eq!(c.agent_id, "ny-rec01");
+        assert_eq!(c.policies[0].settings.file_extensions.as_ref().unwrap().len(), 2);
+        assert_eq!(c.central.as_ref().unwrap().heartbeat_s, 60);
+        assert_eq!(c.inline_model().users[0].extensions.len(), 3);
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let bad = SAMPLE
+            .replace("targets = [\"nas1\"]", "targets = [\"nas2\"]")
+            .replace("/mnt/archive", "/var/spool/recorder/out");
+        match LocalConfig::parse(&bad, Path::new("x.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                assert!(problems.iter().any(|p| p.contains("unknown target")), "{problems:?}");
+                assert!(problems.iter().any(|p| p.contains("overlaps spool")), "{problems:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let typo = SAMPLE.replace("incomplete_grace_s", "incomplete_grace");
+        assert!(matches!(LocalConfig::parse(&typo, Path::new("x.toml")), Err(ConfigError::Parse { .. })));
+    }
+}
