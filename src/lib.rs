@@ -15,3 +15,8 @@ pub mod target;
 pub mod config;
 pub mod matcher;
 pub mod snapshot;
+pub mod export;
+pub mod notify;
+pub mod spool;
+pub mod status;
+pub mod agent;

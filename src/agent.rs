@@ -1,0 +1,770 @@
+//! The daemon: watches the spool with inotify, schedules records onto a
+//! small pool of blocking workers, keeps grace and retry timers, reloads on
+//! SIGHUP, and stops cleanly on SIGTERM.
+//!
+//! It runs on a single-threaded tokio runtime and sleeps in `epoll` when
+//! nothing happens: the only timers are pending grace periods, retry
+//! backoffs, a status flush after a change, and systemd's watchdog when
+//! systemd asks for one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::audit::{AuditError, AuditLog};
+use crate::config::{ConfigError, LocalConfig};
+use crate::export::{self, Ctx, GenerateFn, Keys, Options, Outcome, Report};
+use crate::journal::{self, FileStore, Journal, PathKey};
+use crate::model::{Model, TargetKind};
+use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::spool::{self, XmlRef};
+use crate::status::{Counts, LastError, Status};
+use crate::target::{Target, fs::FsTarget};
+use crate::time::Timestamp;
+
+/// How the daemon runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Process what is present, wait for in-flight work, then exit.
+    pub until_idle: bool,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Counters.
+    pub counts: Counts,
+    /// Records that failed, with the reason (for `--until-idle`).
+    pub failures: Vec<String>,
+    /// The final status.
+    pub status: Status,
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// State directory problem.
+    #[error("state_dir {path}: {source}")]
+    State {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Audit log problem.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Snapshot problem.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A target could not be set up.
+    #[error("target {id}: {msg}")]
+    Target {
+        /// Target id.
+        id: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// inotify or runtime setup failed.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Builds the target objects for a snapshot.
+pub type TargetFactory = dyn Fn(&crate::model::TargetSpec) -> Result<Arc<dyn Target>, String> + Send + Sync;
+
+/// Pluggable parts of the agent (key store, generated files, S3 targets).
+#[derive(Clone, Default)]
+pub struct Plugins {
+    /// Loads the key store from `keys_dir` (None: no decryption).
+    pub keys: Option<Arc<dyn Fn(&Path) -> Arc<dyn Keys> + Send + Sync>>,
+    /// Generated files hook.
+    pub generate: Option<Arc<GenerateFn>>,
+    /// Targets other than `fs`.
+    pub targets: Option<Arc<TargetFactory>>,
+    /// Loads the model centrally pushed and accepted earlier, if any.
+    pub pushed_model: Option<Arc<dyn Fn(&LocalConfig) -> Option<Model> + Send + Sync>>,
+}
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::State { path: path.to_path_buf(), source }
+}
+
+/// Compiles `model` into `<state_dir>/snapshot.bin` and maps it.
+pub fn install_snapshot(state_dir: &Path, model: &Model) -> Result<Snapshot, AgentError> {
+    let bytes = snapshot::compile(model)?;
+    let path = state_dir.join("snapshot.bin");
+    snapshot::write_atomic(&path, &bytes).map_err(state_err(&path))?;
+    Ok(Snapshot::open(&path)?)
+}
+
+/// Builds targets for every spec of a snapshot.
+pub fn build_targets(snap: &Snapshot, plugins: &Plugins) -> Result<Vec<Arc<dyn Target>>, AgentError> {
+    let mut v: Vec<Arc<dyn Target>> = Vec::new();
+    for spec in snap.targets() {
+        match spec.kind {
+            TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec))),
+            _ => match &plugins.targets {
+                Some(f) => v.push(f(spec).map_err(|msg| AgentError::Target { id: spec.id.clone(), msg })?),
+                None => {
+                    return Err(AgentError::Target {
+                        id: spec.id.clone(),
+                        msg: format!("kind {:?} is not supported by this build", spec.kind.as_str()),
+                    });
+                }
+            },
+        }
+    }
+    Ok(v)
+}
+
+struct Pending {
+    xml: XmlRef,
+    deadline: Option<Instant>,
+    missing: Vec<PathBuf>,
+}
+
+struct Retry {
+    xml: XmlRef,
+    at: Instant,
+    attempt: u32,
+    opts: Options,
+}
+
+enum Msg {
+    Done(Report, Options),
+}
+
+struct Agent {
+    cfg_path: PathBuf,
+    cfg: LocalConfig,
+    plugins: Plugins,
+    ctx: Ctx,
+    opts: RunOptions,
+    queue: VecDeque<(XmlRef, Options)>,
+    queued: HashSet<PathKey>,
+    inflight: HashSet<PathKey>,
+    dirty: HashMap<PathKey, XmlRef>,
+    incomplete: HashMap<PathKey, Pending>,
+    waiting_files: HashMap<PathBuf, HashSet<PathKey>>,
+    retry: HashMap<PathKey, Retry>,
+    blocked: HashMap<PathKey, (XmlRef, String, bool)>,
+    failures: HashMap<PathKey, String>,
+    attempts: HashMap<PathKey, u32>,
+    watches: HashMap<WatchDescriptor, PathBuf>,
+    degraded: bool,
+    status: Status,
+    status_dirty: bool,
+    keys_fp: [u8; 32],
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::DONT_FOLLOW)
+    .union(WatchMask::EXCL_UNLINK);
+
+/// Runs the daemon until SIGTERM/SIGINT (or, with `until_idle`, until the
+/// spool as present is processed).
+pub fn run(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Result<RunSummary, AgentError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+        .map_err(|e| AgentError::Runtime(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(run_async(cfg_path, opts, plugins))
+}
+
+/// Sets up the shared context from a config.
+pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(state_err(&cfg.state_dir))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let jpath = cfg.state_dir.join("journal.log");
+    let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
+    let audit = AuditLog::open(&cfg.state_dir)?;
+    let model = plugins
+        .pushed_model
+        .as_ref()
+        .and_then(|f| f(cfg))
+        .unwrap_or_else(|| cfg.inline_model());
+    let snap = install_snapshot(&cfg.state_dir, &model)?;
+    let targets = build_targets(&snap, plugins)?;
+    let keys: Arc<dyn Keys> = match &plugins.keys {
+        Some(f) => f(&cfg.keys_dir),
+        None => Arc::new(export::NoKeys),
+    };
+    let roots = cfg
+        .spool
+        .iter()
+        .map(|r| (r.clone(), std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())))
+        .collect();
+    Ok(Ctx {
+        snap: Arc::new(snap),
+        targets: Arc::new(targets),
+        keys,
+        journal: Arc::new(Mutex::new(journal)),
+        audit: Arc::new(Mutex::new(audit)),
+        reported: Arc::new(Mutex::new(HashSet::new())),
+        roots: Arc::new(roots),
+    })
+}
+
+async fn run_async(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Result<RunSummary, AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let cfg = LocalConfig::load(cfg_path)?;
+    let ctx = make_ctx(&cfg, &plugins)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let inotify = Inotify::init().map_err(|e| AgentError::Runtime(format!("inotify_init failed: {e}")))?;
+    let mut stream = inotify
+        .into_event_stream(vec![0u8; 64 << 10])
+        .map_err(|e| AgentError::Runtime(format!("inotify stream: {e}")))?;
+    let keys_fp = ctx.keys.fingerprint();
+    let mut a = Agent {
+        cfg_path: cfg_path.to_path_buf(),
+        status: Status {
+            agent_id: cfg.agent_id.clone(),
+            pid: std::process::id(),
+            state: "running".into(),
+            started_at: Timestamp::now().rfc3339().to_string(),
+            model_version: ctx.snap.version(),
+            ..Status::default()
+        },
+        cfg,
+        plugins,
+        ctx,
+        opts,
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        inflight: HashSet::new(),
+        dirty: HashMap::new(),
+        incomplete: HashMap::new(),
+        waiting_files: HashMap::new(),
+        retry: HashMap::new(),
+        blocked: HashMap::new(),
+        failures: HashMap::new(),
+        attempts: HashMap::new(),
+        watches: HashMap::new(),
+        degraded: false,
+        status_dirty: true,
+        keys_fp,
+        tx,
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+
+    // Keys folder: a new identity retries records waiting for one.
+    if a.cfg.keys_dir.is_dir() {
+        let _ = stream.watches().add(&a.cfg.keys_dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::ATTRIB);
+    }
+    a.rescan(&mut stream.watches(), true);
+    info!(
+        records_queued = a.queue.len(),
+        model_version = a.ctx.snap.version(),
+        users = a.ctx.snap.user_count(),
+        "exportd ready"
+    );
+    crate::notify::notify("READY=1");
+    let watchdog = crate::notify::watchdog_interval();
+    let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
+    let mut next_status_flush: Option<Instant> = None;
+    let mut stopping = false;
+
+    loop {
+        a.dispatch();
+        if a.status_dirty && next_status_flush.is_none() {
+            next_status_flush = Some(Instant::now() + Duration::from_secs(1));
+        }
+        if a.opts.until_idle && a.idle() {
+            break;
+        }
+        if stopping && a.inflight.is_empty() {
+            break;
+        }
+        let deadline = [a.next_timer(), next_status_flush, next_watchdog]
+            .into_iter()
+            .flatten()
+            .min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)) => {
+                match ev {
+                    Some(Ok(ev)) => {
+                        let mut w = stream.watches();
+                        a.on_event(&mut w, ev.wd, ev.mask, ev.name);
+                    }
+                    Some(Err(e)) => {
+                        error!("reading inotify events failed: {e}; rescanning");
+                        a.rescan(&mut stream.watches(), false);
+                    }
+                    None => return Err(AgentError::Runtime("inotify stream ended".into())),
+                }
+            }
+            Some(msg) = rx.recv() => {
+                match msg { Msg::Done(rep, o) => a.on_report(rep, o) }
+            }
+            _ = sleep => {
+                let now = Instant::now();
+                if next_status_flush.is_some_and(|d| d <= now) {
+                    next_status_flush = None;
+                    a.flush_status();
+                }
+                if next_watchdog.is_some_and(|d| d <= now) {
+                    crate::notify::notify("WATCHDOG=1");
+                    next_watchdog = watchdog.map(|d| now + d);
+                }
+                a.fire_timers(now, &mut stream.watches());
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: finishing in-flight work"); stopping = true; a.queue.clear(); a.queued.clear(); crate::notify::notify("STOPPING=1"); }
+            _ = sigint.recv() => { info!("SIGINT: finishing in-flight work"); stopping = true; a.queue.clear(); a.queued.clear(); }
+            _ = sighup.recv() => { a.reload(); }
+        }
+    }
+    a.status.state = "stopped".into();
+    a.flush_status();
+    let mut failures: Vec<String> = a.failures.values().cloned().collect();
+    failures.sort();
+    Ok(RunSummary { counts: a.status.counts.clone(), failures, status: a.status.clone() })
+}
+
+impl Agent {
+    fn root_of(&self, p: &Path) -> Option<PathBuf> {
+        self.cfg.spool.iter().filter(|r| p.starts_with(r)).max_by_key(|r| r.as_os_str().len()).cloned()
+    }
+
+    fn add_watch(&mut self, w: &mut inotify::Watches, dir: &Path) {
+        match w.add(dir, WATCH_MASK) {
+            Ok(wd) => {
+                self.watches.insert(wd, dir.to_path_buf());
+            }
+            Err(e) if e.raw_os_error() == Some(28) => {
+                if !self.degraded {
+                    error!(
+                        "inotify watch limit reached at {}: raise fs.inotify.max_user_watches; until then the spool is rescanned every 30 s so no record is lost",
+                        dir.display()
+                    );
+                }
+                self.degraded = true;
+            }
+            Err(e) => warn!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+
+    /// Full rescan of every root: (re)watch every folder, queue every XML
+    /// that is not finished. At startup, forget journal entries whose XML is gone.
+    fn rescan(&mut self, w: &mut inotify::Watches, startup: bool) {
+        let roots = self.cfg.spool.clone();
+        let mut seen: HashSet<PathKey> = HashSet::new();
+        let mut found: Vec<XmlRef> = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for root in &roots {
+            if !root.is_dir() {
+                error!("spool root {} is not a folder; check `spool` in {}", root.display(), self.cfg_path.display());
+                continue;
+            }
+            spool::scan(
+                root,
+                &mut |d| dirs.push(d.to_path_buf()),
+                &mut |x| found.push(x),
+                &mut |p, e| warn!("cannot read spool folder {}: {e}", p.display()),
+            );
+        }
+        self.degraded = false;
+        for d in &dirs {
+            self.add_watch(w, d);
+        }
+        let journal = self.ctx.journal.clone();
+        {
+            let j = journal.lock().unwrap_or_else(|p| p.into_inner());
+            for x in found {
+                seen.insert(x.key);
+                if !j.is_done(&x.key, x.size, x.mtime_ns) {
+                    self.enqueue_locked(x, Options { grace_expired: false, from_scan: true });
+                }
+            }
+        }
+        if startup {
+            let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = j.retain_and_compact(|k| seen.contains(k)) {
+                error!("journal compaction failed: {e}");
+            }
+        }
+        self.status_dirty = true;
+    }
+
+    fn enqueue_locked(&mut self, x: XmlRef, o: Options) {
+        if self.inflight.contains(&x.key) {
+            self.dirty.insert(x.key, x);
+            return;
+        }
+        if self.queued.insert(x.key) {
+            self.retry.remove(&x.key);
+            self.queue.push_back((x, o));
+        }
+    }
+
+    fn enqueue(&mut self, x: XmlRef, o: Options) {
+        self.enqueue_locked(x, o);
+    }
+
+    fn dispatch(&mut self) {
+        while self.inflight.len() < self.cfg.workers {
+            let Some((x, o)) = self.queue.pop_front() else { break };
+            self.queued.remove(&x.key);
+            self.inflight.insert(x.key);
+            let ctx = self.ctx.clone();
+            let generate = self.plugins.generate.clone();
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let rep = export::process(&ctx, &x, o, generate.as_deref());
+                let _ = tx.send(Msg::Done(rep, o));
+            });
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty()
+            && self.inflight.is_empty()
+            && self.retry.is_empty()
+            && self.incomplete.values().all(|p| p.deadline.is_none())
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let a = self.incomplete.values().filter_map(|p| p.deadline).min();
+        let b = self.retry.values().map(|r| r.at).min();
+        let c = self.degraded.then(|| Instant::now() + Duration::from_secs(30));
+        [a, b, c].into_iter().flatten().min()
+    }
+
+    fn fire_timers(&mut self, now: Instant, w: &mut inotify::Watches) {
+        let due: Vec<PathKey> = self.incomplete.iter().filter(|(_, p)| p.deadline.is_some_and(|d| d <= now)).map(|(k, _)| *k).collect();
+        for k in due {
+            if let Some(p) = self.incomplete.get_mut(&k) {
+                p.deadline = None;
+                let x = p.xml.clone();
+                self.enqueue(x, Options { grace_expired: true, from_scan: false });
+            }
+        }
+        let due: Vec<PathKey> = self.retry.iter().filter(|(_, r)| r.at <= now).map(|(k, _)| *k).collect();
+        for k in due {
+            if let Some(r) = self.retry.remove(&k) {
+                // keep the attempt count for the next backoff
+                self.attempts.insert(k, r.attempt);
+                self.enqueue(r.xml, r.opts);
+            }
+        }
+        if self.degraded {
+            self.rescan(w, false);
+        }
+    }
+
+    fn on_event(&mut self, w: &mut inotify::Watches, wd: WatchDescriptor, mask: EventMask, name: Option<OsString>) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            warn!("inotify queue overflowed: rescanning the spool so no record is lost");
+            self.rescan(w, false);
+            return;
+        }
+        if mask.contains(EventMask::IGNORED) {
+            self.watches.remove(&wd);
+            return;
+        }
+        let Some(dir) = self.watches.get(&wd).cloned() else { return };
+        let Some(name) = name else { return };
+        let Some(name_s) = name.to_str() else { return };
+        let path = dir.join(name_s);
+        if dir == self.cfg.keys_dir {
+            self.reload_keys();
+            return;
+        }
+        if mask.contains(EventMask::ISDIR) {
+            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && !name_s.starts_with('.') {
+                // A new folder: watch it, then scan it (files may have landed before the watch).
+                let Some(root) = self.root_of(&path) else { return };
+                let mut dirs = Vec::new();
+                let mut found = Vec::new();
+                spool::scan_below(&root, &path, &mut |d| dirs.push(d.to_path_buf()), &mut |x| found.push(x));
+                for d in dirs {
+                    self.add_watch(w, &d);
+                }
+                for x in found {
+                    self.enqueue(x, Options { grace_expired: false, from_scan: true });
+                }
+            }
+            return;
+        }
+        if spool::is_temp_name(name_s) {
+            return;
+        }
+        let Some(root) = self.root_of(&path) else { return };
+        if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            if spool::is_metadata_name(name_s) {
+                if let Ok(rel) = path.strip_prefix(&root) {
+                    if let Some(rel) = rel.to_str() {
+                        let key = journal::path_key(&root, rel);
+                        self.forget(key);
+                    }
+                }
+            }
+            return;
+        }
+        if !mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO) {
+            return;
+        }
+        if spool::is_metadata_name(name_s) {
+            if let Some(x) = XmlRef::stat(&root, &path) {
+                self.enqueue(x, Options::default());
+            }
+        } else if let Some(keys) = self.waiting_files.remove(&path) {
+            for k in keys {
+                if let Some(p) = self.incomplete.get(&k) {
+                    let expired = p.deadline.is_none();
+                    let x = p.xml.clone();
+                    self.enqueue(x, Options { grace_expired: expired, from_scan: false });
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, key: PathKey) {
+        self.incomplete.remove(&key);
+        self.retry.remove(&key);
+        self.blocked.remove(&key);
+        self.failures.remove(&key);
+        let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = j.forget(key) {
+            error!("journal write failed: {e}");
+        }
+        self.status_dirty = true;
+    }
+
+    fn on_report(&mut self, rep: Report, o: Options) {
+        let key = rep.xml.key;
+        self.inflight.remove(&key);
+        self.status_dirty = true;
+        let c = &mut self.status.counts;
+        for t in &rep.tallies {
+            let pt = format!("{}/{}", t.policy_id, t.target_id);
+            match t.action {
+                "export" => {
+                    *self.status.exported_by_policy_target.entry(pt.clone()).or_default() += 1;
+                    *self.status.bytes_by_policy_target.entry(pt).or_default() += t.bytes;
+                    c.bytes += t.bytes;
+                    info!(record = rep.record_id.as_deref().unwrap_or("?"), policy = %t.policy_id, target = %t.target_id, bytes = t.bytes, "exported");
+                }
+                "skip" => {
+                    *self.status.skipped_by_reason.entry(t.code.clone()).or_default() += 1;
+                    info!(record = rep.record_id.as_deref().unwrap_or("?"), policy = %t.policy_id, reason = %t.code, "skipped");
+                }
+                _ => {
+                    *self.status.errors_by_code.entry(t.code.clone()).or_default() += 1;
+                }
+            }
+        }
+        let path = rep.xml.path.display().to_string();
+        let name = match &rep.record_id {
+            Some(id) => format!("{path} ({id})"),
+            None => path.clone(),
+        };
+        let fail = |a: &mut Agent, code: &str, msg: String| {
+            warn!(record = %name, code, "{msg}");
+            a.failures.insert(key, format!("{name}: {msg}"));
+            a.status.last_errors.push(LastError {
+                at: Timestamp::now().rfc3339().to_string(),
+                path: path.clone(),
+                code: code.to_string(),
+                message: msg,
+            });
+            if a.status.last_errors.len() > 20 {
+                a.status.last_errors.remove(0);
+            }
+        };
+        let prev_attempt = self.attempts.remove(&key);
+        match rep.outcome {
+            Outcome::Finished(out) => {
+                self.status.counts.seen += 1;
+                self.incomplete.remove(&key);
+                self.retry.remove(&key);
+                self.blocked.remove(&key);
+                self.failures.remove(&key);
+                match out {
+                    journal::Outcome::Exported => self.status.counts.exported += 1,
+                    journal::Outcome::Skipped => self.status.counts.skipped += 1,
+                    journal::Outcome::Rejected => {
+                        self.status.counts.failed += 1;
+                        let why = rep
+                            .tallies
+                            .last()
+                            .map(|t| t.code.clone())
+                            .unwrap_or_else(|| "rejected".into());
+                        fail(self, &why, format!("rejected ({why}); see the audit log"));
+                    }
+                }
+            }
+            Outcome::Incomplete { missing, reported } => {
+                let grace = Duration::from_secs(self.cfg.incomplete_grace_s);
+                for m in &missing {
+                    self.waiting_files.entry(m.clone()).or_default().insert(key);
+                }
+                let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+                let entry = self.incomplete.entry(key).or_insert_with(|| Pending {
+                    xml: rep.xml.clone(),
+                    deadline: Some(Instant::now() + grace),
+                    missing: missing.clone(),
+                });
+                entry.xml = rep.xml.clone();
+                entry.missing = missing;
+                if reported || o.grace_expired {
+                    entry.deadline = None;
+                    fail(self, "incomplete", format!("incomplete: missing {}", list.join(", ")));
+                }
+            }
+            Outcome::Retry(msg) => {
+                let attempt = prev_attempt.unwrap_or(0) + 1;
+                if self.opts.until_idle && attempt >= 4 {
+                    self.status.counts.failed += 1;
+                    fail(self, "target_unavailable", format!("gave up after {attempt} attempts: {msg}"));
+                } else {
+                    let backoff = backoff(attempt);
+                    warn!(record = %name, attempt, "retrying in {:.1}s: {msg}", backoff.as_secs_f64());
+                    self.retry.insert(key, Retry { xml: rep.xml.clone(), at: Instant::now() + backoff, attempt, opts: o });
+                }
+            }
+            Outcome::Failed(msg) => {
+                self.status.counts.failed += 1;
+                self.blocked.insert(key, (rep.xml.clone(), msg.clone(), false));
+                fail(self, "failed", format!("{msg} (retried after a configuration change)"));
+            }
+            Outcome::NeedKey(msg) => {
+                self.status.counts.failed += 1;
+                self.blocked.insert(key, (rep.xml.clone(), msg.clone(), true));
+                fail(self, "no_identity", msg);
+            }
+            Outcome::Vanished => {
+                self.forget(key);
+            }
+            Outcome::Young(_) => {
+                let attempt = prev_attempt.unwrap_or(0) + 1;
+                let o2 = if attempt >= 3 { Options { from_scan: false, ..o } } else { o };
+                self.retry.insert(key, Retry { xml: rep.xml.clone(), at: Instant::now() + Duration::from_secs(5), attempt, opts: o2 });
+            }
+        }
+        self.status.counts.incomplete = self.incomplete.len() as u64;
+        if let Some(x) = self.dirty.remove(&key) {
+            self.enqueue(x, Options::default());
+        }
+    }
+
+    fn flush_status(&mut self) {
+        self.status_dirty = false;
+        self.status.updated_at = Timestamp::now().rfc3339().to_string();
+        self.status.model_version = self.ctx.snap.version();
+        self.status.backlog = (self.queue.len() + self.inflight.len() + self.incomplete.len() + self.retry.len()) as u64;
+        self.status.retrying = self.retry.len() as u64;
+        self.status.blocked = self.blocked.len() as u64;
+        if let Err(e) = self.status.write(&self.cfg.state_dir) {
+            warn!("cannot write {}/status.json: {e}", self.cfg.state_dir.display());
+        }
+        crate::notify::notify(&format!(
+            "STATUS=backlog {} exported {} skipped {} failed {}",
+            self.status.backlog, self.status.counts.exported, self.status.counts.skipped, self.status.counts.failed
+        ));
+    }
+
+    fn reload_keys(&mut self) {
+        let Some(f) = &self.plugins.keys else { return };
+        let keys = f(&self.cfg.keys_dir);
+        let fp = keys.fingerprint();
+        if fp != self.keys_fp {
+            info!("age identities changed: retrying records that were waiting for a key");
+            self.keys_fp = fp;
+            self.ctx.keys = keys;
+            self.ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let waiting: Vec<PathKey> = self.blocked.iter().filter(|(_, v)| v.2).map(|(k, _)| *k).collect();
+            for k in waiting {
+                if let Some((x, _, _)) = self.blocked.remove(&k) {
+                    self.failures.remove(&k);
+                    self.enqueue(x, Options::default());
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-read exportd.toml; validate, then swap atomically.
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading {}", self.cfg_path.display());
+        let cfg = match LocalConfig::load(&self.cfg_path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload refused, the configuration in force stays: {e}");
+                return;
+            }
+        };
+        if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
+            warn!("spool and state_dir changes take effect after a restart");
+        }
+        let model = self.plugins.pushed_model.as_ref().and_then(|f| f(&cfg)).unwrap_or_else(|| cfg.inline_model());
+        if let Err(e) = self.apply_model(&model) {
+            error!("reload refused, the configuration in force stays: {e}");
+            return;
+        }
+        self.cfg.incomplete_grace_s = cfg.incomplete_grace_s;
+        self.cfg.workers = cfg.workers;
+        self.cfg.trust = cfg.trust;
+        self.cfg.central = cfg.central;
+        self.cfg.keys_dir = cfg.keys_dir;
+        self.reload_keys();
+    }
+
+    /// Swaps in a new model: records already running finish under the old one.
+    fn apply_model(&mut self, model: &Model) -> Result<(), AgentError> {
+        let snap = install_snapshot(&self.cfg.state_dir, model)?;
+        let targets = build_targets(&snap, &self.plugins)?;
+        self.ctx.snap = Arc::new(snap);
+        self.ctx.targets = Arc::new(targets);
+        self.ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        info!(version = self.ctx.snap.version(), "policy model in force");
+        let blocked: Vec<PathKey> = self.blocked.keys().copied().collect();
+        for k in blocked {
+            if let Some((x, _, _)) = self.blocked.remove(&k) {
+                self.failures.remove(&k);
+                self.enqueue(x, Options::default());
+            }
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+}
+
+/// Capped exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 5 min.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 1u64 << attempt.min(9).saturating_sub(1);
+    let capped = base.min(300) * 1000;
+    let jitter = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0))
+        % (capped / 4 + 1);
+    Duration::from_millis(capped - capped / 8 + jitter)
+}

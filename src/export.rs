@@ -1,0 +1,571 @@
+//! The export of one record: read its metadata, match it, copy every due
+//! file to every target of every matching policy (content first, generated
+//! files next, the metadata XML last), then write the audit row and only
+//! then the journal entry for each copy.
+//!
+//! This runs on a blocking worker; the daemon ([`crate::agent`]) decides
+//! when a record is processed and what to do with the [`Outcome`].
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::audit::{Action, AuditLog, Row, folder_digest};
+use crate::journal::{self, FileStore, Journal, PathKey, copy_id};
+use crate::layout::{PlannedFile, Values, metadata_name, plan_files};
+use crate::matcher::{Decision, Verdict, decide};
+use crate::record::{self, Modality, Record};
+use crate::snapshot::{CompiledPolicy, Snapshot};
+use crate::spool::{OpenError, XmlRef, open_in_root};
+use crate::target::{BytesSource, PutRequest, Source, Target, TargetError};
+
+/// Decryption of age files, behind a trait so the engine does not depend on
+/// how keys are stored.
+pub trait Keys: Send + Sync {
+    /// Wraps an encrypted stream in a decrypting one. Fails (kind
+    /// `PermissionDenied`) when no identity opens the file.
+    fn decrypt<'a>(&self, src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>>;
+    /// Changes when identities are added or removed.
+    fn fingerprint(&self) -> [u8; 32];
+}
+
+/// A key store with no identities.
+pub struct NoKeys;
+
+impl Keys for NoKeys {
+    fn decrypt<'a>(&self, _src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "no age identities are loaded"))
+    }
+    fn fingerprint(&self) -> [u8; 32] {
+        [0; 32]
+    }
+}
+
+/// Everything an export needs, shared by the workers.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The policy model in force when the record started.
+    pub snap: Arc<Snapshot>,
+    /// Targets aligned with `snap.targets()`.
+    pub targets: Arc<Vec<Arc<dyn Target>>>,
+    /// age identities.
+    pub keys: Arc<dyn Keys>,
+    /// The journal.
+    pub journal: Arc<Mutex<Journal<FileStore>>>,
+    /// The audit log.
+    pub audit: Arc<Mutex<AuditLog>>,
+    /// Transient failures already written as an error row (one row per outage).
+    pub reported: Arc<Mutex<HashSet<(PathKey, u64)>>>,
+    /// Canonical spool roots, keyed by configured root.
+    pub roots: Arc<Vec<(PathBuf, PathBuf)>>,
+}
+
+/// How processing a record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished for this version of the XML (journaled).
+    Finished(journal::Outcome),
+    /// Listed files are missing; wait for them.
+    Incomplete {
+        /// Absolute paths of the missing files.
+        missing: Vec<PathBuf>,
+        /// The grace had expired and the error row was written.
+        reported: bool,
+    },
+    /// A target failed transiently; retry with backoff.
+    Retry(String),
+    /// A target refused for good (bad credentials, conflict); retry after a config change.
+    Failed(String),
+    /// No identity opens the record; retry when keys change.
+    NeedKey(String),
+    /// The XML is gone.
+    Vanished,
+    /// Unparsable but freshly written, found by a scan: look again shortly.
+    Young(String),
+}
+
+/// One audit row's essentials, for counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// `export`, `skip`, `error`.
+    pub action: &'static str,
+    /// Policy id ('' when none).
+    pub policy_id: String,
+    /// Target id ('' when none).
+    pub target_id: String,
+    /// Error or skip code.
+    pub code: String,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// The result of processing a record.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The XML processed (with the version actually read).
+    pub xml: XmlRef,
+    /// Record id when parsed.
+    pub record_id: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Rows written.
+    pub tallies: Vec<Tally>,
+}
+
+/// Options for [`process`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The missing-file grace has expired: report incompleteness.
+    pub grace_expired: bool,
+    /// The XML was found by a scan rather than a close event.
+    pub from_scan: bool,
+}
+
+const YOUNG_NS: i64 = 10_000_000_000;
+
+struct Writer<'a> {
+    ctx: &'a Ctx,
+    xml: &'a XmlRef,
+    tallies: Vec<Tally>,
+}
+
+impl Writer<'_> {
+    fn row(&mut self, row: Row, target_id: &str) -> io::Result<()> {
+        let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
+        a.append(&row).map_err(io::Error::other)?;
+        self.tallies.push(Tally {
+            action: row.action,
+            policy_id: row.policy_id.clone(),
+            target_id: target_id.to_string(),
+            code: row.error_code.clone(),
+            bytes: row.bytes,
+        });
+        Ok(())
+    }
+
+    fn base(&self, r: Option<&Record>) -> Row {
+        Row {
+            ccdr_id: r.map(|r| r.id.clone()).unwrap_or_default(),
+            native_id: r.map(|r| r.native_id.clone()).unwrap_or_default(),
+            src_folder_path: self.xml.folder().display().to_string(),
+            ..Row::default()
+        }
+    }
+
+    fn journal<T>(&self, f: impl FnOnce(&mut Journal<FileStore>) -> io::Result<T>) -> io::Result<T> {
+        let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut j)
+    }
+}
+
+fn is_no_key(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+}
+
+/// Reads the metadata XML (decrypting `.xml.age`), bounded.
+fn read_metadata(ctx: &Ctx, root_canon: &Path, xml: &XmlRef) -> Result<(Vec<u8>, Vec<u8>, u64, i64), OpenOrKey> {
+    use std::os::unix::fs::MetadataExt;
+    let f = open_in_root(root_canon, &xml.path).map_err(OpenOrKey::Open)?;
+    let m = f.metadata().map_err(|e| OpenOrKey::Open(OpenError::Io { path: xml.path.clone(), source: e }))?;
+    let (size, mtime) = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
+    if size > record::MAX_XML_BYTES as u64 * 4 {
+        return Err(OpenOrKey::TooLarge(size, size, mtime));
+    }
+    let mut raw = Vec::with_capacity(size as usize);
+    (&f).take(record::MAX_XML_BYTES as u64 * 4 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| OpenOrKey::Open(OpenError::Io { path: xml.path.clone(), source: e }))?;
+    if !xml.encrypted() {
+        return Ok((raw.clone(), raw, size, mtime));
+    }
+    let mut plain = Vec::new();
+    let rd = ctx.keys.decrypt(Box::new(io::Cursor::new(raw.clone())));
+    match rd.and_then(|r| r.take(record::MAX_XML_BYTES as u64 + 1).read_to_end(&mut plain)) {
+        Ok(_) => Ok((raw, plain, size, mtime)),
+        Err(e) if is_no_key(&e) => Err(OpenOrKey::NoKey(e.to_string(), size, mtime)),
+        Err(e) => Err(OpenOrKey::Decrypt(e.to_string(), size, mtime)),
+    }
+}
+
+enum OpenOrKey {
+    Open(OpenError),
+    NoKey(String, u64, i64),
+    Decrypt(String, u64, i64),
+    TooLarge(u64, u64, i64),
+}
+
+/// A content file in the spool, read (and decrypted) from the start on each open.
+struct SpoolSource<'a> {
+    root: &'a Path,
+    path: PathBuf,
+    decrypt: bool,
+    keys: &'a dyn Keys,
+    len: Option<u64>,
+}
+
+impl Source for SpoolSource<'_> {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        let f = open_in_root(self.root, &self.path).map_err(|e| match e {
+            OpenError::Missing(p) => io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", p.display())),
+            other => io::Error::other(other.to_string()),
+        })?;
+        if self.decrypt {
+            self.keys.decrypt(Box::new(io::BufReader::with_capacity(64 << 10, f)))
+        } else {
+            Ok(Box::new(f))
+        }
+    }
+    fn len_hint(&self) -> Option<u64> {
+        if self.decrypt { None } else { self.len }
+    }
+}
+
+/// Files generated beside the content (messages JSON, vCon), by name.
+pub type Generated = Vec<(String, Vec<u8>)>;
+
+/// Hook for generated files; receives the record, the spool folder and the
+/// content files already written (name, sha256, sha512, bytes).
+pub type GenerateFn = dyn Fn(&Record, &CompiledPolicy, &Path, &[(String, [u8; 32], Option<[u8; 64]>, u64)], &dyn Keys) -> Result<Generated, String>
+    + Send
+    + Sync;
+
+/// Processes one record version. Never panics on input; every failure is an
+/// audit row plus an [`Outcome`].
+pub fn process(ctx: &Ctx, xml: &XmlRef, opts: Options, generate: Option<&GenerateFn>) -> Report {
+    let mut w = Writer { ctx, xml, tallies: Vec::new() };
+    let mut xml = xml.clone();
+    let outcome = run(ctx, &mut w, &mut xml, opts, generate);
+    let (outcome, record_id) = match outcome {
+        Ok(v) => v,
+        Err(e) => (Outcome::Retry(format!("state I/O failed: {e}")), None),
+    };
+    Report { xml, record_id, outcome, tallies: w.tallies }
+}
+
+fn run(
+    ctx: &Ctx,
+    w: &mut Writer<'_>,
+    xml: &mut XmlRef,
+    opts: Options,
+    generate: Option<&GenerateFn>,
+) -> io::Result<(Outcome, Option<String>)> {
+    let root_canon = ctx
+        .roots
+        .iter()
+        .find(|(r, _)| r == &xml.root)
+        .map(|(_, c)| c.clone())
+        .unwrap_or_else(|| xml.root.clone());
+
+    let err_row = |w: &mut Writer<'_>, r: Option<&Record>, code: &str, desc: String| {
+        let mut row = w.base(r);
+        row.action = Action::Error.as_str();
+        row.error_code = code.to_string();
+        row.error_desc = desc;
+        w.row(row, "")
+    };
+
+    // 1. metadata
+    let (raw_xml, plain_xml) = match read_metadata(ctx, &root_canon, xml) {
+        Ok((raw, plain, size, mtime)) => {
+            xml.size = size;
+            xml.mtime_ns = mtime;
+            (raw, plain)
+        }
+        Err(OpenOrKey::Open(OpenError::Missing(_))) => return Ok((Outcome::Vanished, None)),
+        Err(OpenOrKey::Open(e)) => {
+            err_row(w, None, "unreadable_metadata", format!("{e}"))?;
+            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+        }
+        Err(OpenOrKey::TooLarge(n, size, mtime)) => {
+            (xml.size, xml.mtime_ns) = (size, mtime);
+            err_row(w, None, "bad_metadata", format!("metadata XML {} is {n} bytes, over the limit; fix the recorder", xml.path.display()))?;
+            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+        }
+        Err(OpenOrKey::NoKey(e, size, mtime)) => {
+            (xml.size, xml.mtime_ns) = (size, mtime);
+            let desc = format!("no identity for record {}: {e}; add the recorder's age identity to keys_dir", xml.path.display());
+            if first_report(ctx, xml.key, 0) {
+                err_row(w, None, "no_identity", desc.clone())?;
+            }
+            return Ok((Outcome::NeedKey(desc), None));
+        }
+        Err(OpenOrKey::Decrypt(e, size, mtime)) => {
+            (xml.size, xml.mtime_ns) = (size, mtime);
+            err_row(w, None, "decrypt_failed", format!("cannot decrypt {}: {e}", xml.path.display()))?;
+            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+        }
+    };
+    if w.journal(|j| Ok(j.is_done(&xml.key, xml.size, xml.mtime_ns)))? {
+        return Ok((Outcome::Finished(journal::Outcome::Exported), None));
+    }
+
+    let rec = match record::parse(&plain_xml) {
+        Ok(r) => r,
+        Err(e) => {
+            let age = crate::time::Timestamp::now().0 as i64 * 1_000_000 - xml.mtime_ns;
+            if opts.from_scan && age < YOUNG_NS {
+                return Ok((Outcome::Young(e.to_string()), None));
+            }
+            err_row(w, None, "bad_metadata", format!("{}: {e}; the record is skipped until its XML changes", xml.path.display()))?;
+            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+        }
+    };
+    let rid = Some(rec.id.clone());
+
+    // 2. matching
+    let snap = &ctx.snap;
+    let (user, verdicts) = match decide(&rec, snap) {
+        Decision::Skip(reason, _) => {
+            let mut row = w.base(Some(&rec));
+            row.action = Action::Skip.as_str();
+            row.error_code = reason.code().to_string();
+            row.error_desc = reason.describe(&rec);
+            w.row(row, "")?;
+            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Skipped))?;
+            return Ok((Outcome::Finished(journal::Outcome::Skipped), rid));
+        }
+        Decision::Policies(u, v) => (u, v),
+    };
+
+    // 3. plan, and check every needed file is there
+    let folder = xml.folder().to_path_buf();
+    let mut plans: Vec<(usize, Vec<PlannedFile>)> = Vec::new();
+    for &(pi, v) in &verdicts {
+        if v != Verdict::Take {
+            continue;
+        }
+        let p = &snap.policies()[pi].policy;
+        match plan_files(&rec, p.settings.decrypt, p.settings.im_attachments || rec.modality == Modality::FileShare, p.settings.file_extensions.as_deref()) {
+            Ok(plan) => plans.push((pi, plan)),
+            Err(e) => {
+                for &ti in &snap.policies()[pi].targets {
+                    let mut row = w.base(Some(&rec));
+                    row.action = Action::Error.as_str();
+                    row.policy_id = p.id.clone();
+                    row.policy_name = p.name.clone();
+                    row.dst_folder_type = snap.targets()[ti].kind.as_str().into();
+                    row.error_code = "name_collision".into();
+                    row.error_desc = e.to_string();
+                    w.row(row, &snap.targets()[ti].id)?;
+                }
+                w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+                return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
+            }
+        }
+    }
+    let mut needed: Vec<usize> = plans.iter().flat_map(|(_, p)| p.iter().map(|f| f.index)).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let mut missing = Vec::new();
+    for &i in &needed {
+        let path = folder.join(&rec.files[i].path);
+        match open_in_root(&root_canon, &path) {
+            Ok(_) => {}
+            Err(OpenError::Missing(p)) => missing.push(p),
+            Err(e) => {
+                err_row(w, Some(&rec), "unsafe_path", format!("{e}; the record is refused"))?;
+                w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+                return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        if opts.grace_expired && first_report(ctx, xml.key, 1) {
+            let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+            err_row(
+                w,
+                Some(&rec),
+                "incomplete",
+                format!("record incomplete after the grace period: missing {}; it is exported when the files appear", names.join(", ")),
+            )?;
+            return Ok((Outcome::Incomplete { missing, reported: true }, rid));
+        }
+        return Ok((Outcome::Incomplete { missing, reported: opts.grace_expired }, rid));
+    }
+
+    // 4. copies
+    let mut retry = None;
+    let mut failed = None;
+    let mut need_key = None;
+    let mut any_taken = false;
+    for (pi, plan) in &plans {
+        let cp = &snap.policies()[*pi];
+        let values = Values::of(&rec, user.id, &cp.policy.id);
+        let dst = cp.template.expand(&values);
+        for &ti in &cp.targets {
+            any_taken = true;
+            let spec = &snap.targets()[ti];
+            let cid = copy_id(&cp.policy.id, &spec.id);
+            if w.journal(|j| Ok(j.has_copy(&xml.key, xml.size, xml.mtime_ns, cid)))? {
+                continue;
+            }
+            let target = &ctx.targets[ti];
+            let res = copy_one(ctx, target.as_ref(), &root_canon, &folder, &rec, cp, plan, &dst, &raw_xml, &plain_xml, xml.encrypted(), generate);
+            let mut row = w.base(Some(&rec));
+            row.policy_id = cp.policy.id.clone();
+            row.policy_name = cp.policy.name.clone();
+            row.dst_folder_type = spec.kind.as_str().into();
+            row.dst_folder_path = dst.clone();
+            match res {
+                Ok(c) => {
+                    row.action = Action::Export.as_str();
+                    row.n_files = c.n_files;
+                    row.bytes = c.bytes;
+                    row.sha256 = c.digest;
+                    row.error_desc = c.detail;
+                    w.row(row, &spec.id)?;
+                    w.journal(|j| j.record_copy(xml.key, xml.size, xml.mtime_ns, cid))?;
+                    forget_report(ctx, xml.key, cid);
+                }
+                Err(CopyError::Target(e)) => {
+                    let transient = e.is_transient();
+                    let (code, keyish) = match &e {
+                        TargetError::Conflict { .. } => ("conflict", false),
+                        TargetError::Source(s) if is_no_key(s) => ("no_identity", true),
+                        TargetError::Source(_) => ("source_failed", false),
+                        TargetError::Transient(_) => ("target_unavailable", false),
+                        TargetError::Permanent(_) => ("target_refused", false),
+                    };
+                    let desc = format!("{}: {e}", target.describe(&dst));
+                    if first_report(ctx, xml.key, cid) {
+                        row.action = Action::Error.as_str();
+                        row.error_code = code.into();
+                        row.error_desc = desc.clone();
+                        w.row(row, &spec.id)?;
+                    }
+                    if keyish {
+                        need_key = Some(desc);
+                    } else if transient {
+                        retry = Some(desc);
+                    } else {
+                        failed = Some(desc);
+                    }
+                }
+                Err(CopyError::Generate(msg)) => {
+                    row.action = Action::Error.as_str();
+                    row.error_code = "bad_content".into();
+                    row.error_desc = msg.clone();
+                    if first_report(ctx, xml.key, cid) {
+                        w.row(row, &spec.id)?;
+                    }
+                    failed = Some(msg);
+                }
+            }
+        }
+    }
+    if let Some(d) = retry {
+        return Ok((Outcome::Retry(d), rid));
+    }
+    if let Some(d) = need_key {
+        return Ok((Outcome::NeedKey(d), rid));
+    }
+    if let Some(d) = failed {
+        return Ok((Outcome::Failed(d), rid));
+    }
+
+    // 5. skip rows for policies that did not take the record, then done
+    for &(pi, v) in &verdicts {
+        if v == Verdict::Take {
+            continue;
+        }
+        let cp = &snap.policies()[pi];
+        for &ti in &cp.targets {
+            let spec = &snap.targets()[ti];
+            let mut row = w.base(Some(&rec));
+            row.action = Action::Skip.as_str();
+            row.policy_id = cp.policy.id.clone();
+            row.policy_name = cp.policy.name.clone();
+            row.dst_folder_type = spec.kind.as_str().into();
+            row.error_code = v.code().into();
+            row.error_desc = format!("policy {:?} filters this record out ({})", cp.policy.id, v.code());
+            w.row(row, &spec.id)?;
+        }
+    }
+    let outcome = if any_taken { journal::Outcome::Exported } else { journal::Outcome::Skipped };
+    w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, outcome))?;
+    Ok((Outcome::Finished(outcome), rid))
+}
+
+fn first_report(ctx: &Ctx, key: PathKey, cid: u64) -> bool {
+    ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).insert((key, cid))
+}
+
+fn forget_report(ctx: &Ctx, key: PathKey, cid: u64) {
+    ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).remove(&(key, cid));
+}
+
+struct CopyDone {
+    n_files: u64,
+    bytes: u64,
+    digest: String,
+    detail: String,
+}
+
+enum CopyError {
+    Target(TargetError),
+    Generate(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_one(
+    ctx: &Ctx,
+    target: &dyn Target,
+    root_canon: &Path,
+    folder: &Path,
+    rec: &Record,
+    cp: &CompiledPolicy,
+    plan: &[PlannedFile],
+    dst: &str,
+    raw_xml: &[u8],
+    plain_xml: &[u8],
+    xml_encrypted: bool,
+    generate: Option<&GenerateFn>,
+) -> Result<CopyDone, CopyError> {
+    let mut written: Vec<(String, [u8; 32], Option<[u8; 64]>, u64)> = Vec::new();
+    let mut details = Vec::new();
+    let want512 = cp.policy.settings.vcon;
+    for f in plan {
+        let fr = &rec.files[f.index];
+        let path = folder.join(&fr.path);
+        let len = std::fs::metadata(&path).ok().map(|m| m.len());
+        let src = SpoolSource { root: root_canon, path, decrypt: f.decrypt, keys: ctx.keys.as_ref(), len };
+        let req = PutRequest { folder: dst, name: &f.out_name, want_sha512: want512 };
+        let r = target.put(&req, &src).map_err(CopyError::Target)?;
+        if let Some(d) = r.detail {
+            details.push(format!("{}: {d}", f.out_name));
+        }
+        written.push((f.out_name.clone(), r.sha256, r.sha512, r.bytes));
+    }
+    if let Some(g) = generate {
+        let extra = g(rec, cp, folder, &written, ctx.keys.as_ref()).map_err(CopyError::Generate)?;
+        for (name, bytes) in extra {
+            let req = PutRequest { folder: dst, name: &name, want_sha512: false };
+            let r = target.put(&req, &BytesSource(&bytes)).map_err(CopyError::Target)?;
+            if let Some(d) = r.detail {
+                details.push(format!("{name}: {d}"));
+            }
+            written.push((name, r.sha256, r.sha512, r.bytes));
+        }
+    }
+    // The metadata XML last: its presence means the folder is complete.
+    let keep_encrypted = xml_encrypted && !cp.policy.settings.decrypt;
+    let name = metadata_name(&rec.id, keep_encrypted);
+    let body = if keep_encrypted { raw_xml } else { plain_xml };
+    let req = PutRequest { folder: dst, name: &name, want_sha512: false };
+    let r = target.put(&req, &BytesSource(body)).map_err(CopyError::Target)?;
+    if let Some(d) = r.detail {
+        details.push(format!("{name}: {d}"));
+    }
+    written.push((name, r.sha256, r.sha512, r.bytes));
+
+    let n_files = written.len() as u64;
+    let bytes = written.iter().map(|w| w.3).sum();
+    let mut pairs: Vec<(String, [u8; 32])> = written.into_iter().map(|w| (w.0, w.1)).collect();
+    let (_, digest) = folder_digest(&mut pairs);
+    Ok(CopyDone { n_files, bytes, digest, detail: details.join(", ") })
+}
