@@ -33,6 +33,9 @@ use crate::time::Timestamp;
 pub struct RunOptions {
     /// Process what is present, wait for in-flight work, then exit.
     pub until_idle: bool,
+    /// With `until_idle`: do not consider the agent idle while this is set
+    /// (the demo holds it while its simulator is still writing).
+    pub hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The end of a run.
@@ -444,8 +447,13 @@ impl Agent {
         }
     }
 
+    fn held(&self) -> bool {
+        self.opts.hold.as_ref().is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     fn idle(&self) -> bool {
-        self.queue.is_empty()
+        !self.held()
+            && self.queue.is_empty()
             && self.inflight.is_empty()
             && self.retry.is_empty()
             && self.incomplete.values().all(|p| p.deadline.is_none())
@@ -455,7 +463,8 @@ impl Agent {
         let a = self.incomplete.values().filter_map(|p| p.deadline).min();
         let b = self.retry.values().map(|r| r.at).min();
         let c = self.degraded.then(|| Instant::now() + Duration::from_secs(30));
-        [a, b, c].into_iter().flatten().min()
+        let d = self.held().then(|| Instant::now() + Duration::from_millis(200));
+        [a, b, c, d].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant, w: &mut inotify::Watches) {

@@ -20,3 +20,4 @@ pub mod notify;
 pub mod spool;
 pub mod status;
 pub mod agent;
+pub mod simulate;

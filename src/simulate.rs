@@ -1,0 +1,431 @@
+//! A recorder simulator: writes realistic records of every modality and
+//! platform into a spool exactly as spool.md says (content files closed
+//! first, the metadata XML last, half of them through a temp name renamed
+//! into place). Used by `exportd simulate`, the demo, tests and benchmarks.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::model::User;
+use crate::time::Timestamp;
+
+/// A small deterministic PRNG (splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// True with probability `p` percent.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+    /// Fills a buffer.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// The simulated directory of users: `u-0001` ... with a phone number, a SIP
+/// URI and a trader id each.
+pub fn users(n: usize) -> Vec<User> {
+    (1..=n)
+        .map(|i| User {
+            id: format!("u-{i:04}"),
+            name: format!("Trader {i:04}"),
+            email: format!("trader{i:04}@corp.example"),
+            extensions: vec![
+                format!("+1212555{:04}", i % 10_000),
+                format!("sip:trader{i:04}@corp.example"),
+                format!("TRD-{i:04}"),
+            ],
+            policies: vec!["p-all".into()],
+        })
+        .collect()
+}
+
+/// How to simulate.
+pub struct SimOptions {
+    /// Spool root to write into.
+    pub spool: PathBuf,
+    /// Number of records (count mode).
+    pub count: u64,
+    /// Records per second (rate mode; 0 = as fast as possible).
+    pub rate: f64,
+    /// Duration of rate mode.
+    pub duration: Option<Duration>,
+    /// Number of simulated users the records belong to.
+    pub users: usize,
+    /// PRNG seed.
+    pub seed: u64,
+    /// Scale of media sizes (1.0 = realistic small: voice about 0.2-1 MiB).
+    pub size_scale: f64,
+    /// Log of close times: `<unix ms> <xml path>` per record.
+    pub log: Option<PathBuf>,
+    /// Show a progress line on stderr.
+    pub progress: bool,
+    /// Encrypt content and metadata to this recipient (age).
+    pub encrypt: Option<std::sync::Arc<EncryptFn>>,
+}
+
+/// Wraps a writer in an encrypting one; `finish` must be called by the returned writer's drop or explicitly.
+pub type EncryptFn = dyn Fn(File) -> io::Result<Box<dyn FinishWrite>> + Send + Sync;
+
+/// A writer that must be finished (age's final chunk).
+pub trait FinishWrite: Write {
+    /// Writes any trailer and syncs.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+struct Plain(File);
+impl Write for Plain {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+impl FinishWrite for Plain {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            spool: PathBuf::from("/var/spool/recorder"),
+            count: 100,
+            rate: 0.0,
+            duration: None,
+            users: 20,
+            seed: 1,
+            size_scale: 1.0,
+            log: None,
+            progress: false,
+            encrypt: None,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Default)]
+pub struct SimSummary {
+    /// Records written.
+    pub records: u64,
+    /// Content bytes written.
+    pub bytes: u64,
+    /// Records by modality.
+    pub by_modality: std::collections::BTreeMap<String, u64>,
+}
+
+const PLATFORMS_VOICE: [&str; 9] = [
+    "ipc_unigy", "bt_iptrade", "speakerbus", "cloud9", "avaya", "cisco", "sip", "genesys", "bt_its",
+];
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn write_file(opts: &SimOptions, path: &Path, data: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<PathBuf> {
+    let (path, f) = match &opts.encrypt {
+        Some(_) => {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".age");
+            let p = PathBuf::from(p);
+            let f = File::create(&p)?;
+            (p, f)
+        }
+        None => (path.to_path_buf(), File::create(path)?),
+    };
+    let mut w: Box<dyn FinishWrite> = match &opts.encrypt {
+        Some(enc) => enc(f)?,
+        None => Box::new(Plain(f)),
+    };
+    {
+        let mut bw = io::BufWriter::with_capacity(64 << 10, &mut w);
+        data(&mut bw)?;
+        bw.flush()?;
+    }
+    w.finish()?;
+    Ok(path)
+}
+
+fn random_bytes(rng: &mut Rng, w: &mut dyn Write, mut n: u64) -> io::Result<()> {
+    let mut buf = [0u8; 8192];
+    while n > 0 {
+        let k = (n as usize).min(buf.len());
+        rng.fill(&mut buf[..k]);
+        w.write_all(&buf[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+fn wav(rng: &mut Rng, w: &mut dyn Write, samples: u64) -> io::Result<()> {
+    let data_len = (samples * 2) as u32;
+    w.write_all(b"RIFF")?;
+    w.write_all(&(36 + data_len).to_le_bytes())?;
+    w.write_all(b"WAVEfmt ")?;
+    w.write_all(&16u32.to_le_bytes())?;
+    w.write_all(&1u16.to_le_bytes())?; // PCM
+    w.write_all(&1u16.to_le_bytes())?; // mono
+    w.write_all(&8000u32.to_le_bytes())?;
+    w.write_all(&16000u32.to_le_bytes())?;
+    w.write_all(&2u16.to_le_bytes())?;
+    w.write_all(&16u16.to_le_bytes())?;
+    w.write_all(b"data")?;
+    w.write_all(&data_len.to_le_bytes())?;
+    random_bytes(rng, w, data_len as u64)
+}
+
+fn mp4(rng: &mut Rng, w: &mut dyn Write, len: u64) -> io::Result<()> {
+    w.write_all(&24u32.to_be_bytes())?;
+    w.write_all(b"ftypisom\0\0\x02\0isomiso2")?;
+    let body = len.saturating_sub(32);
+    w.write_all(&((body + 8) as u32).to_be_bytes())?;
+    w.write_all(b"mdat")?;
+    random_bytes(rng, w, body)
+}
+
+/// Writes one record; returns the XML path and content bytes.
+pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) -> io::Result<(PathBuf, u64, &'static str)> {
+    let c = now.civil();
+    let dir = opts.spool.join(format!("{:04}/{:02}/{:02}", c.year, c.month, c.day));
+    fs::create_dir_all(&dir)?;
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        rng.next_u64() as u32,
+        rng.below(0x10000),
+        rng.below(0x1000),
+        rng.below(0x1000),
+        (rng.next_u64() & 0xffff_ffff_ffff) ^ seq
+    );
+    let nusers = opts.users.max(1) as u64;
+    let user = rng.below(nusers) + 1;
+    let ext = match rng.below(10) {
+        0..=5 => format!("+1 212 555 {:04}", user % 10_000),
+        6 | 7 => format!("sip:Trader{user:04}@Corp.Example"),
+        8 => format!("TRD-{user:04}"),
+        _ => format!("+1 646 555 {:04}", rng.below(10_000)), // nobody's line
+    };
+    let modality: &'static str = match rng.below(100) {
+        0..=54 => "voice",
+        55..=62 => "video",
+        63..=68 => "screen",
+        69..=72 => "share",
+        73..=86 => "im",
+        87..=93 => "file_share",
+        _ => "sms",
+    };
+    let platform = match modality {
+        "voice" => PLATFORMS_VOICE[rng.below(PLATFORMS_VOICE.len() as u64) as usize],
+        "video" | "share" => ["teams", "sfb", "cisco"][rng.below(3) as usize],
+        "screen" => "screen_capture",
+        "im" | "file_share" => ["sfb", "symphony", "teams", "cisco"][rng.below(4) as usize],
+        _ => "genesys",
+    };
+    let dur_ms = 5_000 + rng.below(115_000);
+    let start = Timestamp(now.0 - dur_ms as i64);
+    let secondary = rng.chance(10);
+    let imported = rng.chance(3);
+    let cdr_only = modality == "voice" && rng.chance(4);
+    let base = format!("{id}");
+    let mut files: Vec<(String, &str, Option<String>)> = Vec::new();
+    let mut bytes = 0u64;
+    let scale = opts.size_scale.max(0.0);
+    let mut participants = String::new();
+    match modality {
+        "voice" if !cdr_only => {
+            let samples = ((dur_ms * 8) as f64 * scale * 0.25) as u64;
+            let p = write_file(opts, &dir.join(format!("{base}.wav")), &mut |w| wav(rng, w, samples))?;
+            bytes += samples * 2 + 44;
+            files.push((name_of(&p), "media", None));
+            if rng.chance(30) {
+                let p = write_file(opts, &dir.join(format!("{base}.vtr")), &mut |w| {
+                    w.write_all(b"WEBVTT\n\n00:00.000 --> 00:02.000\nGood morning, rates desk.\n")
+                })?;
+                files.push((name_of(&p), "transcript", None));
+            }
+        }
+        "video" | "screen" | "share" => {
+            let len = ((200_000 + rng.below(1_800_000)) as f64 * scale) as u64;
+            let p = write_file(opts, &dir.join(format!("{base}.mp4")), &mut |w| mp4(rng, w, len))?;
+            bytes += len;
+            files.push((name_of(&p), "media", None));
+        }
+        "im" => {
+            let conv = format!("c-{}", rng.below(50));
+            let kind = ["direct", "group", "team"][rng.below(3) as usize];
+            let other = format!("x-{}", rng.below(100));
+            participants = format!(
+                "<participant id=\"u-{user:04}\" address=\"trader{user:04}@corp.example\" name=\"Trader {user:04}\" internal=\"true\"/>\n    <participant id=\"{other}\" address=\"{other}@partner.example\" name=\"Partner {other}\" internal=\"false\"/>"
+            );
+            let mut t = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<transcript conversation_id=\"{conv}\" kind=\"{kind}\" title=\"Desk chat {conv}\" owner=\"u-{user:04}\">\n  <participants>\n    {participants}\n  </participants>\n"
+            );
+            let n = 1 + rng.below(12);
+            for m in 0..n {
+                let ts = Timestamp(start.0 + (m as i64) * 7_000).recorder().to_string();
+                let from = if m % 2 == 0 { format!("u-{user:04}") } else { other.clone() };
+                if m == 2 {
+                    let del = Timestamp(start.0 + (m as i64) * 7_000 + 500).recorder().to_string();
+                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\" deleted=\"true\" deleted_at=\"{del}\" deleted_by=\"{from}\">oops, wrong chat</message>\n"));
+                } else if m == 3 {
+                    let ed = Timestamp(start.0 + (m as i64) * 7_000 + 900).recorder().to_string();
+                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">price is 101.25<edit timestamp=\"{ed}\" by=\"{from}\">price is 101.52</edit></message>\n"));
+                } else {
+                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">message {m} about the {} curve</message>\n", ["2y", "5y", "10y"][(m % 3) as usize]));
+                }
+            }
+            let attach = rng.chance(40);
+            if attach {
+                t.push_str(&format!("  <attachment message_id=\"m-0\" file=\"{base}-term-sheet.pdf\"/>\n"));
+            }
+            t.push_str("</transcript>\n");
+            let p = write_file(opts, &dir.join(format!("{base}.im")), &mut |w| w.write_all(t.as_bytes()))?;
+            bytes += t.len() as u64;
+            files.push((name_of(&p), "transcript", None));
+            if attach {
+                let p = write_file(opts, &dir.join(format!("{base}-term-sheet.pdf")), &mut |w| {
+                    w.write_all(b"%PDF-1.4\n% simulated term sheet\n")?;
+                    random_bytes(rng, w, 2000)
+                })?;
+                files.push((name_of(&p), "attachment", Some("m-0".into())));
+            }
+        }
+        "file_share" => {
+            let len = 1000 + rng.below(50_000);
+            let p = write_file(opts, &dir.join(format!("{base}-report.xlsx")), &mut |w| random_bytes(rng, w, len))?;
+            bytes += len;
+            files.push((name_of(&p), "media", None));
+        }
+        "sms" => {
+            let p = write_file(opts, &dir.join(format!("{base}.txt")), &mut |w| w.write_all(b"Call me back re: the 5y swap\n"))?;
+            files.push((name_of(&p), "other", None));
+        }
+        _ => {}
+    }
+    let mut files_xml = String::new();
+    for (name, role, mid) in &files {
+        match mid {
+            Some(m) => files_xml.push_str(&format!("    <file role=\"{role}\" message_id=\"{m}\">{}</file>\n", xml_escape(name))),
+            None => files_xml.push_str(&format!("    <file role=\"{role}\">{}</file>\n", xml_escape(name))),
+        }
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<recording>\n  <id>{id}</id>\n  <modality_id>{modality}</modality_id>\n  <source_platform>{platform}</source_platform>\n  <secondary>{secondary}</secondary>\n  <imported>{imported}</imported>\n  <cdr_only>{cdr_only}</cdr_only>\n  <native_id>N-{seq}</native_id>\n  <native_call_id>NC-{seq}</native_call_id>\n  <location>sim-rec01</location>\n  <start_time>{}</start_time>\n  <end_time>{}</end_time>\n  <direction>{}</direction>\n  <recorded_extension>{}</recorded_extension>\n  <source_caller_id>+44 20 7946 {:04}</source_caller_id>\n  <source_name>Counterparty {}</source_name>\n  <destination_caller_id>{}</destination_caller_id>\n  <destination_name>Trader {user:04}</destination_name>\n  <participants>\n    {participants}\n  </participants>\n  <files>\n{files_xml}  </files>\n  <vendor_field>kept as recorded</vendor_field>\n</recording>\n",
+        start.recorder(),
+        now.recorder(),
+        ["pstn_in", "pstn_out", "internal", "external"][rng.below(4) as usize],
+        xml_escape(&ext),
+        rng.below(10_000),
+        rng.below(100),
+        xml_escape(&ext),
+    );
+    let final_path = dir.join(format!("{base}.xml"));
+    let xml_path = if rng.chance(50) {
+        let tmp = dir.join(format!(".{base}.xml.tmp"));
+        let p = write_file(opts, &tmp, &mut |w| w.write_all(xml.as_bytes()))?;
+        let mut fin = final_path.as_os_str().to_owned();
+        if p.extension().is_some_and(|e| e == "age") {
+            fin.push(".age");
+        }
+        let fin = PathBuf::from(fin);
+        fs::rename(&p, &fin)?;
+        fin
+    } else {
+        write_file(opts, &final_path, &mut |w| w.write_all(xml.as_bytes()))?
+    };
+    Ok((xml_path, bytes, modality))
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Runs the simulator.
+pub fn simulate(opts: &SimOptions) -> io::Result<SimSummary> {
+    fs::create_dir_all(&opts.spool)?;
+    let mut rng = Rng::new(opts.seed);
+    let mut log = match &opts.log {
+        Some(p) => Some(io::BufWriter::new(File::create(p)?)),
+        None => None,
+    };
+    let mut sum = SimSummary::default();
+    let t0 = Instant::now();
+    let total = match (opts.rate > 0.0, opts.duration) {
+        (true, Some(d)) => (opts.rate * d.as_secs_f64()).round() as u64,
+        _ => opts.count,
+    };
+    let mut seq = 0u64;
+    while seq < total {
+        if opts.rate > 0.0 {
+            let due = t0 + Duration::from_secs_f64(seq as f64 / opts.rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let (path, bytes, modality) = write_record(opts, &mut rng, seq, Timestamp::now())?;
+        if let Some(l) = log.as_mut() {
+            writeln!(l, "{} {}", Timestamp::now().0, path.display())?;
+        }
+        sum.records += 1;
+        sum.bytes += bytes;
+        *sum.by_modality.entry(modality.to_string()).or_default() += 1;
+        seq += 1;
+        if opts.progress && (seq % 50 == 0 || seq == total) {
+            eprint!("\rsimulated {seq}/{total} records, {:.1} MiB", sum.bytes as f64 / 1048576.0);
+        }
+    }
+    if opts.progress {
+        eprintln!();
+    }
+    if let Some(mut l) = log {
+        l.flush()?;
+    }
+    Ok(sum)
+}
+
+/// A complete `exportd.toml` for a simulated spool: one folder target, one
+/// policy taking everything, the simulated users.
+pub fn config_toml(agent_id: &str, spool: &Path, state: &Path, keys: &Path, target: &Path, users_n: usize, decrypt: bool) -> String {
+    let mut s = format!(
+        "agent_id = \"{agent_id}\"\nspool = [\"{}\"]\nstate_dir = \"{}\"\nkeys_dir = \"{}\"\nincomplete_grace_s = 30\n\n[[targets]]\nid = \"archive\"\nkind = \"fs\"\npath = \"{}\"\n\n[[policies]]\nid = \"p-all\"\nname = \"Everything to the archive\"\ntargets = [\"archive\"]\nsettings = {{ decrypt = {decrypt}, im_attachments = true }}\n\n",
+        spool.display(),
+        state.display(),
+        keys.display(),
+        target.display()
+    );
+    for u in users(users_n) {
+        s.push_str(&format!(
+            "[[users]]\nid = \"{}\"\nname = \"{}\"\nemail = \"{}\"\nextensions = [{}]\npolicies = [\"p-all\"]\n\n",
+            u.id,
+            u.name,
+            u.email,
+            u.extensions.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    s
+}
