@@ -4,6 +4,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod compliance;
+pub mod im;
 pub mod layout;
 pub mod model;
 pub mod record;
