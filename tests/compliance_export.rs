@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use exportd::compliance::{
-    self, ComplianceError, ExportRequest, Format, PlainOpener, Progress, RequestContext, State, StatusStore,
+    self, ComplianceError, ExportRequest, Format, PlainOpener, Progress, RequestContext, State,
+    StatusStore,
 };
 use exportd::time::Timestamp;
 use serde_json::Value;
@@ -42,10 +43,17 @@ fn env() -> Env {
     let out = tmp.path().join("archive");
     std::fs::create_dir_all(&spool).unwrap();
     spool::standard_spool(&spool);
-    Env { spool, out, _tmp: tmp }
+    Env {
+        spool,
+        out,
+        _tmp: tmp,
+    }
 }
 
-fn run(e: &Env, r: &ExportRequest) -> (Result<compliance::Summary, ComplianceError>, Vec<Progress>) {
+fn run(
+    e: &Env,
+    r: &ExportRequest,
+) -> (Result<compliance::Summary, ComplianceError>, Vec<Progress>) {
     let opener = PlainOpener;
     let ctx = RequestContext {
         spool_roots: vec![e.spool.clone()],
@@ -64,12 +72,18 @@ fn entries(zip: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn json(m: &BTreeMap<String, Vec<u8>>, name: &str) -> Value {
-    let b = m.get(name).unwrap_or_else(|| panic!("{name} missing; have {:?}", m.keys().collect::<Vec<_>>()));
+    let b = m
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing; have {:?}", m.keys().collect::<Vec<_>>()));
     serde_json::from_slice(b).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -89,7 +103,11 @@ fn glip_export_full() {
     assert_eq!(ids(&people), ["c-direct", "c-group"]);
     let teams = json(&z, "Teams/teams.json");
     assert_eq!(ids(&teams), ["c-team"]);
-    assert!(!names.iter().any(|n| n.contains("c-team-ext") || n.contains("c-group-ext") || n.contains("c-other")));
+    assert!(
+        !names.iter().any(|n| n.contains("c-team-ext")
+            || n.contains("c-group-ext")
+            || n.contains("c-other"))
+    );
 
     let direct = &people[0];
     assert_eq!(direct["kind"], "direct");
@@ -130,7 +148,10 @@ fn glip_export_full() {
     let g22 = json(&z, "People_Chats/c-group/2026-11-22.json");
     assert_eq!(ids(&g21), ["g-1", "g-2"]);
     assert_eq!(ids(&g22), ["g-3"]);
-    assert_eq!(people[1]["records"], serde_json::json!(["rec-group-ann", "rec-group-bob"]));
+    assert_eq!(
+        people[1]["records"],
+        serde_json::json!(["rec-group-ann", "rec-group-bob"])
+    );
     assert_eq!(ids(&json(&z, "Team_Chats/c-team/2026-11-22.json")), ["t-1"]);
 
     let r = json(&z, "request.json");
@@ -155,7 +176,11 @@ fn glip_export_full() {
     assert!(skipped.contains("DOCTYPE"), "{skipped}");
     assert_eq!(r["skipped_count"], 2);
     assert_eq!(s.skipped, 2);
-    assert!(events.iter().any(|p| matches!(p, Progress::Skipped { reason, .. } if reason.contains("zip bomb"))));
+    assert!(
+        events
+            .iter()
+            .any(|p| matches!(p, Progress::Skipped { reason, .. } if reason.contains("zip bomb")))
+    );
     assert!(matches!(events.last(), Some(Progress::Finished { .. })));
     assert!(events.iter().filter_map(Progress::percent).is_sorted());
 
@@ -176,7 +201,10 @@ fn attachments_off_and_range_filter() {
     assert!(!z.keys().any(|k| k.starts_with("Files/")));
     assert!(!z.contains_key("People_Chats/c-direct/2026-11-20.json"));
     assert!(!z.contains_key("People_Chats/c-group/2026-11-22.json"));
-    assert_eq!(ids(&json(&z, "People_Chats/c-direct/2026-11-21.json")), ["m-2", "m-3", "m-4"]);
+    assert_eq!(
+        ids(&json(&z, "People_Chats/c-direct/2026-11-21.json")),
+        ["m-2", "m-3", "m-4"]
+    );
     // The team only has a message on the 22nd: not listed at all.
     assert_eq!(ids(&json(&z, "Teams/teams.json")), Vec::<String>::new());
     // Attachment names stay on the post even without the files.
@@ -198,7 +226,10 @@ fn user_filter_selects_records_of_that_user() {
     assert_eq!(ids(&json(&z, "Teams/teams.json")), ["c-team"]);
     let mut r = req("r-nobody");
     r.users = Some(vec!["u-9999".into()]);
-    assert!(matches!(run(&e, &r).0, Err(ComplianceError::UnknownUser(_))));
+    assert!(matches!(
+        run(&e, &r).0,
+        Err(ComplianceError::UnknownUser(_))
+    ));
 }
 
 #[test]
@@ -211,12 +242,26 @@ fn empty_range_still_produces_a_zip() {
     let z = entries(&s.zip);
     assert_eq!(
         z.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["People_And_Groups/users.json", "Teams/teams.json", "request.json"]
+        [
+            "People_And_Groups/users.json",
+            "Teams/teams.json",
+            "request.json"
+        ]
     );
-    assert_eq!(json(&z, "People_And_Groups/users.json"), serde_json::json!([]));
+    assert_eq!(
+        json(&z, "People_And_Groups/users.json"),
+        serde_json::json!([])
+    );
     assert_eq!(json(&z, "Teams/teams.json"), serde_json::json!([]));
     let rj = json(&z, "request.json");
-    for k in ["conversations", "messages", "deleted", "edits", "files", "records"] {
+    for k in [
+        "conversations",
+        "messages",
+        "deleted",
+        "edits",
+        "files",
+        "records",
+    ] {
         assert_eq!(rj["counts"][k], 0, "{k}");
     }
     assert_eq!(rj["beyond_retention"], false);
@@ -235,7 +280,10 @@ fn beyond_retention_is_reported() {
     assert_eq!(rj["beyond_retention"], true);
     assert_eq!(rj["covered"]["from"], "2026-11-01T09:00:00.000Z");
     let note = rj["note"].as_str().unwrap();
-    assert!(note.contains("2026-11-01T09:00:00.000Z") && note.contains("beyond retention"), "{note}");
+    assert!(
+        note.contains("2026-11-01T09:00:00.000Z") && note.contains("beyond retention"),
+        "{note}"
+    );
 
     // All history: never beyond retention.
     let mut r = req("r-all");
@@ -269,7 +317,14 @@ fn slack_layout_files() {
     r.format = Format::Slack;
     let s = run(&e, &r).0.unwrap();
     let z = entries(&s.zip);
-    for f in ["users.json", "channels.json", "groups.json", "dms.json", "mpims.json", "request.json"] {
+    for f in [
+        "users.json",
+        "channels.json",
+        "groups.json",
+        "dms.json",
+        "mpims.json",
+        "request.json",
+    ] {
         assert!(z.contains_key(f), "{f}");
     }
     assert_eq!(ids(&json(&z, "channels.json")), ["c-team"]);
@@ -297,7 +352,10 @@ fn status_lifecycle_with_fake_clock() {
     let clock = std::cell::Cell::new(t0);
     let st = store.accept("r-life", clock.get()).unwrap();
     assert_eq!(st.status, State::Accepted);
-    assert!(matches!(store.accept("r-life", t0), Err(compliance::StatusError::Exists(_))));
+    assert!(matches!(
+        store.accept("r-life", t0),
+        Err(compliance::StatusError::Exists(_))
+    ));
 
     let opener = PlainOpener;
     let ctx = RequestContext {
@@ -317,13 +375,29 @@ fn status_lifecycle_with_fake_clock() {
     assert_eq!(st.percent, 100);
     assert_eq!(st.zip.as_deref(), Some(s.zip.as_path()));
     assert_eq!(st.completed_at.as_deref(), Some("2026-11-25T12:00:00.000Z"));
-    let raw: Value = serde_json::from_slice(&std::fs::read(state.join("requests/r-life.json")).unwrap()).unwrap();
-    for k in ["request_id", "status", "percent", "reason", "submitted_at", "updated_at", "completed_at", "zip"] {
+    let raw: Value =
+        serde_json::from_slice(&std::fs::read(state.join("requests/r-life.json")).unwrap())
+            .unwrap();
+    for k in [
+        "request_id",
+        "status",
+        "percent",
+        "reason",
+        "submitted_at",
+        "updated_at",
+        "completed_at",
+        "zip",
+    ] {
         assert!(raw.get(k).is_some(), "{k}");
     }
 
     // A second request with the same id fails (the zip exists) and says why.
-    store.put(&compliance::RequestStatus { request_id: "r-dup".into(), ..st.clone() }).unwrap();
+    store
+        .put(&compliance::RequestStatus {
+            request_id: "r-dup".into(),
+            ..st.clone()
+        })
+        .unwrap();
     let mut dup = req("r-life");
     dup.request_id = "r-dup".into();
     std::fs::copy(&s.zip, e.out.join("compliance-exports/r-dup.zip")).unwrap();
@@ -336,7 +410,10 @@ fn status_lifecycle_with_fake_clock() {
     let day = 86_400_000;
     assert!(store.expire(Timestamp(t0.0 + 29 * day)).unwrap().is_empty());
     assert!(s.zip.exists());
-    assert_eq!(store.expire(Timestamp(t0.0 + 30 * day)).unwrap(), ["r-life"]);
+    assert_eq!(
+        store.expire(Timestamp(t0.0 + 30 * day)).unwrap(),
+        ["r-life"]
+    );
     assert!(!s.zip.exists());
     let st = store.get("r-life").unwrap().unwrap();
     assert_eq!(st.status, State::Expired);

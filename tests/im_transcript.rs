@@ -24,7 +24,12 @@ const XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 "#;
 
 /// Finds the central directory header and the local header of the first entry.
-fn patch_sizes(zip: &mut [u8], compressed: Option<u32>, uncompressed: Option<u32>, flags: Option<u16>) {
+fn patch_sizes(
+    zip: &mut [u8],
+    compressed: Option<u32>,
+    uncompressed: Option<u32>,
+    flags: Option<u16>,
+) {
     let cd = zip.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
     if let Some(c) = compressed {
         zip[18..22].copy_from_slice(&c.to_le_bytes());
@@ -96,32 +101,58 @@ fn zip_bombs_are_refused() {
     // Ratio: 4 MiB of blanks deflate to a few KiB.
     let mut big = XML.replace("Morning", &" ".repeat(4 << 20));
     big.push(' ');
-    assert!(matches!(Transcript::from_bytes(&spool::im_zip(&big)), Err(ImError::ZipBomb(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&spool::im_zip(&big)),
+        Err(ImError::ZipBomb(_))
+    ));
 
     // Declared size over the 256 MiB cap: refused before inflating.
     let mut z = spool::im_zip(XML);
     patch_sizes(&mut z, None, Some(300 << 20), None);
-    assert!(matches!(Transcript::from_bytes(&z), Err(ImError::ZipBomb(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&z),
+        Err(ImError::ZipBomb(_))
+    ));
 
     // Declared size lies low: reading stops one byte past it.
     let mut z = spool::im_zip(XML);
     patch_sizes(&mut z, None, Some(100), None);
-    assert!(matches!(Transcript::from_bytes(&z), Err(ImError::ZipBomb(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&z),
+        Err(ImError::ZipBomb(_))
+    ));
 }
 
 #[test]
 fn hostile_containers_are_refused() {
-    for name in ["../transcript.xml", "/transcript.xml", "a\\transcript.xml", "x/../../transcript.xml"] {
+    for name in [
+        "../transcript.xml",
+        "/transcript.xml",
+        "a\\transcript.xml",
+        "x/../../transcript.xml",
+    ] {
         let z = spool::zip_entries(&[(name, XML.as_bytes())]);
-        assert!(matches!(Transcript::from_bytes(&z), Err(ImError::UnsafeEntry(_))), "{name}");
+        assert!(
+            matches!(Transcript::from_bytes(&z), Err(ImError::UnsafeEntry(_))),
+            "{name}"
+        );
     }
     let z = spool::zip_entries(&[("other.xml", XML.as_bytes())]);
-    assert!(matches!(Transcript::from_bytes(&z), Err(ImError::ZipLayout(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&z),
+        Err(ImError::ZipLayout(_))
+    ));
     let z = spool::zip_entries(&[("transcript.xml", XML.as_bytes()), ("extra.bin", b"x")]);
-    assert!(matches!(Transcript::from_bytes(&z), Err(ImError::ZipLayout(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&z),
+        Err(ImError::ZipLayout(_))
+    ));
     let mut z = spool::im_zip(XML);
     patch_sizes(&mut z, None, None, Some(1));
-    assert!(matches!(Transcript::from_bytes(&z), Err(ImError::Encrypted(_))));
+    assert!(matches!(
+        Transcript::from_bytes(&z),
+        Err(ImError::Encrypted(_))
+    ));
     let mut z = spool::im_zip(XML);
     let n = z.len();
     z.truncate(n - 30);
@@ -133,12 +164,24 @@ fn entity_bomb_and_external_entities_are_refused() {
     let lol = r#"<?xml version="1.0"?>
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
 <transcript conversation_id="c" kind="team"><message id="m" timestamp="2026.11.21 01:00:00.000" from="u">&lol2;</message></transcript>"#;
-    assert!(matches!(Transcript::from_bytes(lol.as_bytes()), Err(ImError::Xml(XmlError::Doctype))));
-    assert!(matches!(Transcript::from_bytes(&spool::im_zip(lol)), Err(ImError::Xml(XmlError::Doctype))));
+    assert!(matches!(
+        Transcript::from_bytes(lol.as_bytes()),
+        Err(ImError::Xml(XmlError::Doctype))
+    ));
+    assert!(matches!(
+        Transcript::from_bytes(&spool::im_zip(lol)),
+        Err(ImError::Xml(XmlError::Doctype))
+    ));
     let xxe = XML.replace(">Morning<", ">&xxe;<");
-    assert!(matches!(Transcript::from_bytes(xxe.as_bytes()), Err(ImError::Xml(XmlError::Entity(_)))));
+    assert!(matches!(
+        Transcript::from_bytes(xxe.as_bytes()),
+        Err(ImError::Xml(XmlError::Entity(_)))
+    ));
     let missing = XML.replace(r#" from="x-9" deleted"#, " deleted");
-    assert!(matches!(Transcript::from_bytes(missing.as_bytes()), Err(ImError::Missing("message", "from"))));
+    assert!(matches!(
+        Transcript::from_bytes(missing.as_bytes()),
+        Err(ImError::Missing("message", "from"))
+    ));
 }
 
 #[test]
@@ -146,7 +189,11 @@ fn arbitrary_bytes_never_panic() {
     let base = spool::im_zip(XML);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for i in 0..2000 {
-        let mut b = if i % 2 == 0 { base.clone() } else { XML.as_bytes().to_vec() };
+        let mut b = if i % 2 == 0 {
+            base.clone()
+        } else {
+            XML.as_bytes().to_vec()
+        };
         for _ in 0..(1 + i % 8) {
             seed ^= seed << 13;
             seed ^= seed >> 7;

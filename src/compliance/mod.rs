@@ -210,20 +210,30 @@ struct Run<'a, 'b> {
 impl Run<'_, '_> {
     fn skip(&mut self, path: PathBuf, reason: String) {
         self.skipped_n += 1;
-        (self.on_progress)(Progress::Skipped { path: path.clone(), reason: reason.clone() });
+        (self.on_progress)(Progress::Skipped {
+            path: path.clone(),
+            reason: reason.clone(),
+        });
         if self.skipped.len() < MAX_SKIPPED_LISTED {
             self.skipped.push((path, reason));
         }
     }
 
     fn transcript_bytes(&self, path: &Path) -> Result<Vec<u8>, String> {
-        let r = self.opener.open(path).map_err(|e| format!("cannot open transcript: {e}"))?;
-        scan::read_capped(r, im::MAX_TRANSCRIPT_BYTES).map_err(|e| format!("cannot read transcript: {e}"))
+        let r = self
+            .opener
+            .open(path)
+            .map_err(|e| format!("cannot open transcript: {e}"))?;
+        scan::read_capped(r, im::MAX_TRANSCRIPT_BYTES)
+            .map_err(|e| format!("cannot read transcript: {e}"))
     }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ComplianceError + '_ {
-    move |source| ComplianceError::Io { path: path.to_path_buf(), source }
+    move |source| ComplianceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn transcript_of(r: &Record) -> Option<&crate::record::FileRef> {
@@ -255,7 +265,9 @@ pub fn run(
             for id in ids {
                 match ctx.users.iter().position(|u| &u.id == id) {
                     Some(i) => out.push((i, &ctx.users[i])),
-                    None => return Err(ComplianceError::UnknownUser(id.chars().take(128).collect())),
+                    None => {
+                        return Err(ComplianceError::UnknownUser(id.chars().take(128).collect()));
+                    }
                 }
             }
             out
@@ -270,7 +282,12 @@ pub fn run(
     }
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
 
-    let mut run = Run { skipped: Vec::new(), skipped_n: 0, on_progress, opener: ctx.opener };
+    let mut run = Run {
+        skipped: Vec::new(),
+        skipped_n: 0,
+        on_progress,
+        opener: ctx.opener,
+    };
 
     // 1. Walk and parse every metadata XML.
     let mut files = Vec::new();
@@ -306,7 +323,10 @@ pub fn run(
         }
         kept.push((path.clone(), rec));
     }
-    (run.on_progress)(Progress::Scanned { metadata_files: files.len() as u64, records: parsed });
+    (run.on_progress)(Progress::Scanned {
+        metadata_files: files.len() as u64,
+        records: parsed,
+    });
 
     // 2. Transcript headers, grouped by conversation.
     let mut convs: BTreeMap<String, ConvBuild> = BTreeMap::new();
@@ -321,7 +341,10 @@ pub fn run(
         let tpath = match scan::content_path(&dir, &tf.path) {
             Ok(p) => p,
             Err(e) => {
-                run.skip(dir.join(&tf.path), format!("record {}: transcript: {e}", rec.id));
+                run.skip(
+                    dir.join(&tf.path),
+                    format!("record {}: transcript: {e}", rec.id),
+                );
                 continue;
             }
         };
@@ -347,12 +370,17 @@ pub fn run(
                 .filter_map(|f| f.message_id.clone().map(|m| (m, f.path.clone())))
                 .collect(),
         };
-        let c = convs.entry(header.conversation_id.clone()).or_insert_with(|| ConvBuild {
-            header: Header { participants: Vec::new(), ..header.clone() },
-            records: Vec::new(),
-            sources: Vec::new(),
-            recorded_by_company: false,
-        });
+        let c = convs
+            .entry(header.conversation_id.clone())
+            .or_insert_with(|| ConvBuild {
+                header: Header {
+                    participants: Vec::new(),
+                    ..header.clone()
+                },
+                records: Vec::new(),
+                sources: Vec::new(),
+                recorded_by_company: false,
+            });
         for p in header.participants {
             if !c.header.participants.iter().any(|q| q.id == p.id) {
                 c.header.participants.push(p);
@@ -378,7 +406,16 @@ pub fn run(
     // 3. Write the zip.
     let tmp = out_dir.join(format!(".{}.zip.tmp", req.request_id));
     let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let result = write_zip(req, &v, ctx, &mut run, Out::new(file, req.format), convs, others, (oldest, newest));
+    let result = write_zip(
+        req,
+        &v,
+        ctx,
+        &mut run,
+        Out::new(file, req.format),
+        convs,
+        others,
+        (oldest, newest),
+    );
     let (counts, covered, beyond) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -387,7 +424,9 @@ pub fn run(
         }
     };
     publish(&tmp, &final_path, &out_dir)?;
-    (run.on_progress)(Progress::Finished { zip: final_path.clone() });
+    (run.on_progress)(Progress::Finished {
+        zip: final_path.clone(),
+    });
     Ok(Summary {
         request_id: req.request_id.clone(),
         zip: final_path,
@@ -426,9 +465,11 @@ pub fn run_tracked(
     });
     match &res {
         Ok(s) => {
-            store.complete(id, &s.zip, clock()).map_err(|e| ComplianceError::Zip(format!(
-                "zip written but the status file could not be updated: {e}"
-            )))?;
+            store.complete(id, &s.zip, clock()).map_err(|e| {
+                ComplianceError::Zip(format!(
+                    "zip written but the status file could not be updated: {e}"
+                ))
+            })?;
         }
         Err(e) => {
             let _ = store.fail(id, &e.to_string(), clock());
@@ -453,7 +494,10 @@ fn owned(c: &ConvBuild, company: &UserIndex) -> bool {
                         .any(|p| p.id == h.owner && company.participant(p).is_some()))
         }
         Kind::Direct => {
-            c.recorded_by_company || h.participants.iter().any(|p| company.participant(p).is_some())
+            c.recorded_by_company
+                || h.participants
+                    .iter()
+                    .any(|p| company.participant(p).is_some())
         }
     }
 }
@@ -533,7 +577,10 @@ fn write_zip(
         (None, _) => (false, None),
         (Some(_), None) => (
             true,
-            Some("no records are on the appliance: the whole requested range is beyond retention".to_string()),
+            Some(
+                "no records are on the appliance: the whole requested range is beyond retention"
+                    .to_string(),
+            ),
         ),
         (Some(f), Some(o)) if f < o => (
             true,
@@ -564,7 +611,8 @@ fn write_zip(
     });
     out.request_json(&request_json)?;
     let file = out.finish()?;
-    file.sync_all().map_err(|e| ComplianceError::Zip(format!("fsync: {e}")))?;
+    file.sync_all()
+        .map_err(|e| ComplianceError::Zip(format!("fsync: {e}")))?;
     Ok((counts, covered, beyond))
 }
 
@@ -586,7 +634,10 @@ fn write_conversation(
         let bytes = match run.transcript_bytes(&src.transcript) {
             Ok(b) => b,
             Err(why) => {
-                run.skip(src.transcript.clone(), format!("record {}: {why}", src.record_id));
+                run.skip(
+                    src.transcript.clone(),
+                    format!("record {}: {why}", src.record_id),
+                );
                 continue;
             }
         };
@@ -631,7 +682,10 @@ fn write_conversation(
             })
         });
         if let Err(e) = res {
-            run.skip(src.transcript.clone(), format!("record {}: {e}", src.record_id));
+            run.skip(
+                src.transcript.clone(),
+                format!("record {}: {e}", src.record_id),
+            );
             continue;
         }
         if any {
@@ -657,7 +711,10 @@ fn write_conversation(
             .into_values()
             .map(|m| {
                 let attachments = names.get(&m.id).cloned().unwrap_or_default();
-                Post { msg: m, attachments }
+                Post {
+                    msg: m,
+                    attachments,
+                }
             })
             .collect();
         posts.sort_by(|a, b| (a.msg.timestamp, &a.msg.id).cmp(&(b.msg.timestamp, &b.msg.id)));
@@ -677,7 +734,9 @@ fn write_conversation(
                 if !day_of.contains_key(mid) {
                     continue;
                 }
-                let Some(zp) = out.file_path(&meta, mid, &plain_name(rel)) else { continue };
+                let Some(zp) = out.file_path(&meta, mid, &plain_name(rel)) else {
+                    continue;
+                };
                 if copy_file(run, out, &src.dir, rel, &zp)? {
                     counts.files += 1;
                 }
@@ -715,7 +774,8 @@ fn copy_file(
     let w = out.entry(zip_path, true)?;
     // A read error mid-file would leave a truncated entry: fail the export
     // rather than deliver a silently short file.
-    std::io::copy(&mut r, w).map_err(|e| ComplianceError::Zip(format!("{}: {e}", src.display())))?;
+    std::io::copy(&mut r, w)
+        .map_err(|e| ComplianceError::Zip(format!("{}: {e}", src.display())))?;
     Ok(true)
 }
 

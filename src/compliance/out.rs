@@ -58,7 +58,11 @@ fn rfc(t: Timestamp) -> String {
 
 /// Slack's `ts`: `<unix seconds>.<6 digits>`.
 pub(crate) fn slack_ts(t: Timestamp) -> String {
-    format!("{}.{:06}", t.0.div_euclid(1000), t.0.rem_euclid(1000) * 1000)
+    format!(
+        "{}.{:06}",
+        t.0.div_euclid(1000),
+        t.0.rem_euclid(1000) * 1000
+    )
 }
 
 /// A Slack channel-like name: lowercase, `[a-z0-9._-]`, at most 80 bytes.
@@ -67,7 +71,11 @@ fn slack_name(s: &str) -> String {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
         })
         .take(80)
         .collect();
@@ -88,15 +96,23 @@ impl Out {
     }
 
     /// Starts an entry; `path` components must already be sanitised.
-    pub(crate) fn entry(&mut self, path: &str, large: bool) -> Result<&mut dyn Write, ComplianceError> {
-        self.zip.start_file(path, opts().large_file(large)).map_err(zerr)?;
+    pub(crate) fn entry(
+        &mut self,
+        path: &str,
+        large: bool,
+    ) -> Result<&mut dyn Write, ComplianceError> {
+        self.zip
+            .start_file(path, opts().large_file(large))
+            .map_err(zerr)?;
         Ok(&mut self.zip)
     }
 
     fn json(&mut self, path: &str, v: &impl serde::Serialize) -> Result<(), ComplianceError> {
         let w = self.entry(path, false)?;
-        serde_json::to_writer_pretty(&mut *w, v).map_err(|e| ComplianceError::Zip(e.to_string()))?;
-        w.write_all(b"\n").map_err(|e| ComplianceError::Zip(e.to_string()))
+        serde_json::to_writer_pretty(&mut *w, v)
+            .map_err(|e| ComplianceError::Zip(e.to_string()))?;
+        w.write_all(b"\n")
+            .map_err(|e| ComplianceError::Zip(e.to_string()))
     }
 
     /// A unique folder name for a conversation.
@@ -121,7 +137,12 @@ impl Out {
     /// The zip path of an attachment, unique within the export:
     /// `Files/<conversation>/<name>`; a second file of the same name for
     /// another message is prefixed with that message's id.
-    pub(crate) fn file_path(&mut self, conv: &ConvMeta, message_id: &str, name: &str) -> Option<String> {
+    pub(crate) fn file_path(
+        &mut self,
+        conv: &ConvMeta,
+        message_id: &str,
+        name: &str,
+    ) -> Option<String> {
         let name = sanitize_component(name);
         let key = format!("{}\0{}\0{}", conv.dir, message_id, name);
         if self.used_files.contains(&key) {
@@ -143,10 +164,19 @@ impl Out {
     }
 
     /// Writes one UTC day of one conversation.
-    pub(crate) fn day(&mut self, conv: &ConvMeta, date: &str, posts: &[Post]) -> Result<(), ComplianceError> {
+    pub(crate) fn day(
+        &mut self,
+        conv: &ConvMeta,
+        date: &str,
+        posts: &[Post],
+    ) -> Result<(), ComplianceError> {
         match self.format {
             Format::Glip => {
-                let top = if conv.kind == Kind::Team { "Team_Chats" } else { "People_Chats" };
+                let top = if conv.kind == Kind::Team {
+                    "Team_Chats"
+                } else {
+                    "People_Chats"
+                };
                 let v: Vec<Value> = posts.iter().map(glip_post).collect();
                 self.json(&format!("{top}/{}/{date}.json", conv.dir), &v)
             }
@@ -158,20 +188,34 @@ impl Out {
     }
 
     /// Writes the index files of the layout.
-    pub(crate) fn index(&mut self, convs: &[ConvMeta], users: &[User]) -> Result<(), ComplianceError> {
+    pub(crate) fn index(
+        &mut self,
+        convs: &[ConvMeta],
+        users: &[User],
+    ) -> Result<(), ComplianceError> {
         match self.format {
             Format::Glip => {
-                let people: Vec<Value> =
-                    convs.iter().filter(|c| c.kind != Kind::Team).map(|c| glip_conv(c, users)).collect();
-                let teams: Vec<Value> =
-                    convs.iter().filter(|c| c.kind == Kind::Team).map(|c| glip_conv(c, users)).collect();
+                let people: Vec<Value> = convs
+                    .iter()
+                    .filter(|c| c.kind != Kind::Team)
+                    .map(|c| glip_conv(c, users))
+                    .collect();
+                let teams: Vec<Value> = convs
+                    .iter()
+                    .filter(|c| c.kind == Kind::Team)
+                    .map(|c| glip_conv(c, users))
+                    .collect();
                 self.json("People_And_Groups/users.json", &people)?;
                 self.json("Teams/teams.json", &teams)
             }
             Format::Slack => {
                 self.json("users.json", &slack_users(convs, users))?;
                 let of = |k: Kind| -> Vec<Value> {
-                    convs.iter().filter(|c| c.kind == k).map(slack_conv).collect()
+                    convs
+                        .iter()
+                        .filter(|c| c.kind == k)
+                        .map(slack_conv)
+                        .collect()
                 };
                 self.json("channels.json", &of(Kind::Team))?;
                 self.json("groups.json", &Vec::<Value>::new())?;
@@ -189,7 +233,8 @@ impl Out {
     /// Finishes the zip and returns the file, flushed (not yet fsynced).
     pub(crate) fn finish(self) -> Result<File, ComplianceError> {
         let w = self.zip.finish().map_err(zerr)?;
-        w.into_inner().map_err(|e| ComplianceError::Zip(e.error().to_string()))
+        w.into_inner()
+            .map_err(|e| ComplianceError::Zip(e.error().to_string()))
     }
 }
 
@@ -267,7 +312,9 @@ fn configured<'a>(p: &Participant, users: &'a [User]) -> Option<&'a User> {
         u.id == p.id
             || (!p.address.is_empty()
                 && (normalize_extension(&u.email) == normalize_extension(&p.address)
-                    || u.extensions.iter().any(|e| normalize_extension(e) == normalize_extension(&p.address))))
+                    || u.extensions
+                        .iter()
+                        .any(|e| normalize_extension(e) == normalize_extension(&p.address))))
     })
 }
 
@@ -296,7 +343,11 @@ fn glip_conv(c: &ConvMeta, users: &[User]) -> Value {
             })
         })
         .collect();
-    let folder = if c.kind == Kind::Team { "Team_Chats" } else { "People_Chats" };
+    let folder = if c.kind == Kind::Team {
+        "Team_Chats"
+    } else {
+        "People_Chats"
+    };
     json!({
         "id": c.id,
         "kind": c.kind.as_str(),
@@ -343,7 +394,11 @@ fn slack_users(convs: &[ConvMeta], users: &[User]) -> Vec<Value> {
     }
     seen.values()
         .map(|p| {
-            let name = if p.name.is_empty() { p.id.clone() } else { p.name.clone() };
+            let name = if p.name.is_empty() {
+                p.id.clone()
+            } else {
+                p.name.clone()
+            };
             json!({
                 "id": p.id,
                 "name": p.id,

@@ -102,7 +102,9 @@ impl Validated {
 pub fn id_is_safe(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl ExportRequest {
@@ -114,19 +116,24 @@ impl ExportRequest {
     /// Checks the request completely.
     pub fn validate(&self) -> Result<Validated, RequestError> {
         if !id_is_safe(&self.request_id) {
-            return Err(RequestError::BadId(self.request_id.chars().take(160).collect()));
+            return Err(RequestError::BadId(
+                self.request_id.chars().take(160).collect(),
+            ));
         }
         if self.target.trim().is_empty() {
             return Err(RequestError::NoTarget);
         }
-        let t = |field: &'static str, v: &Option<String>| -> Result<Option<Timestamp>, RequestError> {
-            v.as_deref()
-                .map(|s| {
-                    Timestamp::parse_rfc3339(s)
-                        .map_err(|e| RequestError::BadTime { field, why: e.to_string() })
-                })
-                .transpose()
-        };
+        let t =
+            |field: &'static str, v: &Option<String>| -> Result<Option<Timestamp>, RequestError> {
+                v.as_deref()
+                    .map(|s| {
+                        Timestamp::parse_rfc3339(s).map_err(|e| RequestError::BadTime {
+                            field,
+                            why: e.to_string(),
+                        })
+                    })
+                    .transpose()
+            };
         let from = t("time_from", &self.time_from)?;
         let to = t("time_to", &self.time_to)?;
         if let (Some(f), Some(e)) = (from, to) {
@@ -139,8 +146,9 @@ impl ExportRequest {
             Some(list) => {
                 let mut out = Vec::new();
                 for m in list {
-                    let p = Modality::parse(m.trim())
-                        .ok_or_else(|| RequestError::UnknownModality(m.chars().take(64).collect()))?;
+                    let p = Modality::parse(m.trim()).ok_or_else(|| {
+                        RequestError::UnknownModality(m.chars().take(64).collect())
+                    })?;
                     if !out.contains(&p) {
                         out.push(p);
                     }
@@ -148,7 +156,11 @@ impl ExportRequest {
                 out
             }
         };
-        Ok(Validated { from, to, modalities })
+        Ok(Validated {
+            from,
+            to,
+            modalities,
+        })
     }
 }
 
@@ -158,9 +170,11 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let r = ExportRequest::from_json(br#"{"request_id": "r-2026-11-21-1", "time_from": "2026-11-01T00:00:00Z",
+        let r = ExportRequest::from_json(
+            br#"{"request_id": "r-2026-11-21-1", "time_from": "2026-11-01T00:00:00Z",
 "time_to": "2026-11-21T00:00:00Z", "target": "nas1", "users": ["u-1001"],
-"modalities": ["im", "file_share"], "attachments": true, "format": "glip"}"#)
+"modalities": ["im", "file_share"], "attachments": true, "format": "glip"}"#,
+        )
         .unwrap();
         let v = r.validate().unwrap();
         assert_eq!(v.modalities.len(), 2);
@@ -171,9 +185,15 @@ mod tests {
         assert!(!min.attachments);
         assert!(min.validate().is_ok());
         assert!(ExportRequest::from_json(br#"{"request_id":"a","target":"t","extra":1}"#).is_err());
-        assert!(ExportRequest::from_json(br#"{"request_id":"a","target":"t","format":"teams"}"#).is_err());
+        assert!(
+            ExportRequest::from_json(br#"{"request_id":"a","target":"t","format":"teams"}"#)
+                .is_err()
+        );
         for bad in ["../x", "", ".hidden", "a/b", "a b", &"x".repeat(129)] {
-            let r = ExportRequest { request_id: bad.into(), ..min.clone() };
+            let r = ExportRequest {
+                request_id: bad.into(),
+                ..min.clone()
+            };
             assert!(matches!(r.validate(), Err(RequestError::BadId(_))), "{bad}");
         }
         let r = ExportRequest {
@@ -182,9 +202,18 @@ mod tests {
             ..min.clone()
         };
         assert_eq!(r.validate(), Err(RequestError::EmptyRange));
-        let r = ExportRequest { modalities: Some(vec!["fax".into()]), ..min.clone() };
-        assert!(matches!(r.validate(), Err(RequestError::UnknownModality(_))));
-        let r = ExportRequest { time_to: Some("tomorrow".into()), ..min };
+        let r = ExportRequest {
+            modalities: Some(vec!["fax".into()]),
+            ..min.clone()
+        };
+        assert!(matches!(
+            r.validate(),
+            Err(RequestError::UnknownModality(_))
+        ));
+        let r = ExportRequest {
+            time_to: Some("tomorrow".into()),
+            ..min
+        };
         assert!(matches!(r.validate(), Err(RequestError::BadTime { .. })));
     }
 }

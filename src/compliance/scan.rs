@@ -125,7 +125,8 @@ pub(crate) fn content_path(dir: &Path, rel: &str) -> std::io::Result<PathBuf> {
 /// Reads and parses one metadata XML through the opener.
 pub(crate) fn load_record(opener: &dyn SpoolOpener, path: &Path) -> Result<Record, String> {
     let r = opener.open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let bytes = read_capped(r, record::MAX_XML_BYTES as u64).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes =
+        read_capped(r, record::MAX_XML_BYTES as u64).map_err(|e| format!("cannot read: {e}"))?;
     record::parse(&bytes).map_err(|e| e.to_string())
 }
 

@@ -87,7 +87,10 @@ pub enum StatusError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StatusError + '_ {
-    move |source| StatusError::Io { path: path.to_path_buf(), source }
+    move |source| StatusError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The status files of one agent.
@@ -99,7 +102,9 @@ pub struct StatusStore {
 impl StatusStore {
     /// The store under `<state_dir>/requests/` (created on first write).
     pub fn new(state_dir: &Path) -> StatusStore {
-        StatusStore { dir: state_dir.join("requests") }
+        StatusStore {
+            dir: state_dir.join("requests"),
+        }
     }
 
     /// The status file of a request.
@@ -141,7 +146,10 @@ impl StatusStore {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StatusError::Corrupt { path, why: e.to_string() })
+            .map_err(|e| StatusError::Corrupt {
+                path,
+                why: e.to_string(),
+            })
     }
 
     /// All requests, sorted by id (unreadable files are reported as errors).
@@ -177,8 +185,10 @@ impl StatusStore {
         let path = self.path(&st.request_id)?;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let tmp = self.dir.join(format!(".{}.json.tmp", st.request_id));
-        let mut bytes = serde_json::to_vec_pretty(st)
-            .map_err(|e| StatusError::Corrupt { path: path.clone(), why: e.to_string() })?;
+        let mut bytes = serde_json::to_vec_pretty(st).map_err(|e| StatusError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         bytes.push(b'\n');
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&bytes).map_err(io(&tmp))?;
@@ -204,7 +214,12 @@ impl StatusStore {
     }
 
     /// Marks a request `InProgress` at `percent` (capped at 99).
-    pub fn progress(&self, request_id: &str, percent: u8, now: Timestamp) -> Result<RequestStatus, StatusError> {
+    pub fn progress(
+        &self,
+        request_id: &str,
+        percent: u8,
+        now: Timestamp,
+    ) -> Result<RequestStatus, StatusError> {
         self.update(
             request_id,
             |s| {
@@ -216,7 +231,12 @@ impl StatusStore {
     }
 
     /// Marks a request `Completed` with its zip.
-    pub fn complete(&self, request_id: &str, zip: &Path, now: Timestamp) -> Result<RequestStatus, StatusError> {
+    pub fn complete(
+        &self,
+        request_id: &str,
+        zip: &Path,
+        now: Timestamp,
+    ) -> Result<RequestStatus, StatusError> {
         self.update(
             request_id,
             |s| {
@@ -231,7 +251,12 @@ impl StatusStore {
     }
 
     /// Marks a request `Failed` with the reason.
-    pub fn fail(&self, request_id: &str, reason: &str, now: Timestamp) -> Result<RequestStatus, StatusError> {
+    pub fn fail(
+        &self,
+        request_id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<RequestStatus, StatusError> {
         self.update(
             request_id,
             |s| {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Transcript, Message};
+use super::{Message, Transcript};
 use crate::record::Participant;
 
 #[derive(Serialize)]
@@ -26,7 +26,12 @@ struct Part<'a> {
 
 impl<'a> From<&'a Participant> for Part<'a> {
     fn from(p: &'a Participant) -> Self {
-        Part { id: &p.id, address: &p.address, name: &p.name, internal: p.internal }
+        Part {
+            id: &p.id,
+            address: &p.address,
+            name: &p.name,
+            internal: p.internal,
+        }
     }
 }
 
@@ -60,7 +65,11 @@ fn msg<'a>(t: &'a Transcript, m: &'a Message) -> Msg<'a> {
         edits: m
             .edits
             .iter()
-            .map(|e| EditJ { time: e.timestamp.rfc3339().to_string(), by: &e.by, text: &e.text })
+            .map(|e| EditJ {
+                time: e.timestamp.rfc3339().to_string(),
+                by: &e.by,
+                text: &e.text,
+            })
             .collect(),
         attachments: t.attachments_of(&m.id).collect(),
     }

@@ -241,7 +241,10 @@ impl Transcript {
         let file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
         if len > MAX_TRANSCRIPT_BYTES {
-            return Err(ImError::TooLarge { size: len, limit: MAX_TRANSCRIPT_BYTES });
+            return Err(ImError::TooLarge {
+                size: len,
+                limit: MAX_TRANSCRIPT_BYTES,
+            });
         }
         if len == 0 {
             return Transcript::from_bytes(&[]);
@@ -283,7 +286,10 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 /// `transcript.xml` of a ZIP (with all caps applied), or the bytes themselves.
 pub fn transcript_xml(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImError> {
     if bytes.len() as u64 > MAX_TRANSCRIPT_BYTES {
-        return Err(ImError::TooLarge { size: bytes.len() as u64, limit: MAX_TRANSCRIPT_BYTES });
+        return Err(ImError::TooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_TRANSCRIPT_BYTES,
+        });
     }
     if !is_zip(bytes) {
         return Ok(Cow::Borrowed(bytes));
@@ -307,7 +313,9 @@ pub fn transcript_xml(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImError> {
             return Err(ImError::UnsafeEntry(name));
         }
         if name != "transcript.xml" {
-            return Err(ImError::ZipLayout(format!("entry is {name:?}, expected \"transcript.xml\"")));
+            return Err(ImError::ZipLayout(format!(
+                "entry is {name:?}, expected \"transcript.xml\""
+            )));
         }
         if f.encrypted() {
             return Err(ImError::Encrypted(name));
@@ -404,7 +412,10 @@ fn parse_bool(el: &'static str, s: &str) -> Result<bool, ImError> {
     match s.trim() {
         "true" | "1" | "yes" | "TRUE" | "True" => Ok(true),
         "false" | "0" | "no" | "FALSE" | "False" | "" => Ok(false),
-        other => Err(ImError::Invalid(el, format!("{other:?} is not true or false"))),
+        other => Err(ImError::Invalid(
+            el,
+            format!("{other:?} is not true or false"),
+        )),
     }
 }
 
@@ -423,7 +434,10 @@ struct OpenMessage {
 /// `<edit>` children as the edit's (old) text.
 pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Header, ImError> {
     if xml_bytes.len() as u64 > MAX_TRANSCRIPT_BYTES {
-        return Err(ImError::TooLarge { size: xml_bytes.len() as u64, limit: MAX_TRANSCRIPT_BYTES });
+        return Err(ImError::TooLarge {
+            size: xml_bytes.len() as u64,
+            limit: MAX_TRANSCRIPT_BYTES,
+        });
     }
     let text = xml::check_utf8(xml_bytes)?;
     let mut r = xml::reader(text);
@@ -450,7 +464,10 @@ pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Head
                     }
                     let kind_s = req_attr(&r, e, "transcript", "kind")?;
                     let kind = Kind::parse(&kind_s).ok_or_else(|| {
-                        ImError::Invalid("transcript", format!("kind {kind_s:?} is not direct, group or team"))
+                        ImError::Invalid(
+                            "transcript",
+                            format!("kind {kind_s:?} is not direct, group or team"),
+                        )
                     })?;
                     header = Some(Header {
                         conversation_id: req_attr(&r, e, "transcript", "conversation_id")?,
@@ -502,7 +519,11 @@ pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Head
                         if empty {
                             sink(Item::Message(msg));
                         } else {
-                            open = Some(OpenMessage { msg, depth, edit: None });
+                            open = Some(OpenMessage {
+                                msg,
+                                depth,
+                                edit: None,
+                            });
                         }
                     }
                     (2, Some("message"), "edit") => {
@@ -571,7 +592,11 @@ pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Head
     match header {
         Some(h) if root_closed => Ok(h),
         Some(_) => Err(xml::malformed(&r, "unexpected end of document").into()),
-        None => Err(XmlError::Malformed { pos: 0, msg: "no root element".into() }.into()),
+        None => Err(XmlError::Malformed {
+            pos: 0,
+            msg: "no root element".into(),
+        }
+        .into()),
     }
 }
 
@@ -613,20 +638,38 @@ mod tests {
             t.messages[2].last_modified().rfc3339().to_string(),
             "2026-11-21T14:07:30.000Z"
         );
-        assert_eq!(t.attachments_of("m-3").collect::<Vec<_>>(), ["term-sheet.pdf"]);
+        assert_eq!(
+            t.attachments_of("m-3").collect::<Vec<_>>(),
+            ["term-sheet.pdf"]
+        );
     }
 
     #[test]
     fn refuses_bad_input() {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE t [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><transcript conversation_id="c" kind="team"><message id="m" timestamp="2026.11.21 14:03:07.120" from="u">&b;</message></transcript>"#;
-        assert!(matches!(Transcript::from_bytes(bomb.as_bytes()), Err(ImError::Xml(XmlError::Doctype))));
+        assert!(matches!(
+            Transcript::from_bytes(bomb.as_bytes()),
+            Err(ImError::Xml(XmlError::Doctype))
+        ));
         let ent = SAMPLE.replace("Morning &amp; hi", "&xxe;");
-        assert!(matches!(Transcript::from_bytes(ent.as_bytes()), Err(ImError::Xml(XmlError::Entity(_)))));
+        assert!(matches!(
+            Transcript::from_bytes(ent.as_bytes()),
+            Err(ImError::Xml(XmlError::Entity(_)))
+        ));
         let kind = SAMPLE.replace("kind=\"direct\"", "kind=\"broadcast\"");
-        assert!(matches!(Transcript::from_bytes(kind.as_bytes()), Err(ImError::Invalid(..))));
+        assert!(matches!(
+            Transcript::from_bytes(kind.as_bytes()),
+            Err(ImError::Invalid(..))
+        ));
         let ts = SAMPLE.replace("2026.11.21 14:03:07.120", "yesterday");
-        assert!(matches!(Transcript::from_bytes(ts.as_bytes()), Err(ImError::Invalid(..))));
-        assert!(matches!(Transcript::from_bytes(b"<recording/>"), Err(ImError::Root(_))));
+        assert!(matches!(
+            Transcript::from_bytes(ts.as_bytes()),
+            Err(ImError::Invalid(..))
+        ));
+        assert!(matches!(
+            Transcript::from_bytes(b"<recording/>"),
+            Err(ImError::Root(_))
+        ));
         assert!(Transcript::from_bytes(b"").is_err());
         assert!(Transcript::from_bytes(&SAMPLE.as_bytes()[..300]).is_err());
         assert!(Transcript::from_bytes(b"PK\x03\x04garbage").is_err());
