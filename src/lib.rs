@@ -4,20 +4,22 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod layout;
-pub mod model;
-pub mod record;
-pub mod time;
-pub mod xml;
+pub mod agent;
 pub mod audit;
-pub mod journal;
-pub mod target;
+pub mod compliance;
 pub mod config;
-pub mod matcher;
-pub mod snapshot;
 pub mod export;
+pub mod im;
+pub mod journal;
+pub mod layout;
+pub mod matcher;
+pub mod model;
 pub mod notify;
+pub mod record;
+pub mod simulate;
+pub mod snapshot;
 pub mod spool;
 pub mod status;
-pub mod agent;
-pub mod simulate;
+pub mod target;
+pub mod time;
+pub mod xml;

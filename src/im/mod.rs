@@ -1,0 +1,677 @@
+//! Chat (IM) transcripts: the `.im` files of `im` records (spool.md).
+//!
+//! A `.im` file is either a ZIP archive holding exactly one entry,
+//! `transcript.xml`, or that XML uncompressed; the two are told apart by the
+//! ZIP local-header magic `PK\x03\x04`. ZIPs are read with hard caps (inflated
+//! size, compression ratio, entry names, no encryption), and the XML with the
+//! hardened helpers of [`crate::xml`] (no DOCTYPE, predefined entities only).
+//!
+//! [`parse_stream`] hands messages to a callback one at a time so a caller can
+//! keep only what it needs (the compliance engine keeps one conversation);
+//! [`Transcript::from_bytes`] collects everything for small consumers such as
+//! the `<id>.messages.json` writer ([`messages_json`]).
+
+mod json;
+
+use std::borrow::Cow;
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use quick_xml::events::Event;
+
+pub use crate::record::Participant;
+use crate::time::Timestamp;
+use crate::xml::{self, XmlError};
+
+pub use json::messages_json;
+
+/// The largest transcript accepted: the `.im` file itself and, for a ZIP, the
+/// inflated `transcript.xml` (256 MiB).
+pub const MAX_TRANSCRIPT_BYTES: u64 = 256 << 20;
+/// The largest inflated/compressed ratio accepted for `transcript.xml`.
+pub const MAX_RATIO: u64 = 200;
+/// The ZIP local-file-header magic.
+pub const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
+
+const MAX_DEPTH: usize = 32;
+const MAX_TEXT: usize = 4 << 20;
+const MAX_ATTR_TEXT: usize = 64 << 10;
+const MAX_PARTICIPANTS: usize = 100_000;
+
+/// Why a transcript was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImError {
+    /// Reading the file failed.
+    #[error("reading the transcript: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file (or its inflated entry) is over [`MAX_TRANSCRIPT_BYTES`].
+    #[error("transcript is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Size seen (or declared).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The ZIP entry inflates beyond the caps (size or ratio): a zip bomb.
+    #[error("transcript ZIP refused as a zip bomb: {0}")]
+    ZipBomb(String),
+    /// The ZIP container is malformed or uses an unsupported method.
+    #[error("transcript ZIP is unreadable: {0}")]
+    Zip(String),
+    /// The ZIP does not hold exactly one entry `transcript.xml`.
+    #[error("transcript ZIP layout: {0}")]
+    ZipLayout(String),
+    /// An entry name is absolute, has `..` or a backslash.
+    #[error("transcript ZIP entry name {0:?} is unsafe (absolute, `..` or backslash)")]
+    UnsafeEntry(String),
+    /// An entry is encrypted (ZipCrypto or AES); never attempted.
+    #[error("transcript ZIP entry {0:?} is encrypted; refused")]
+    Encrypted(String),
+    /// XML-level problem (including DOCTYPE / entity refusal).
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    /// The root element is not `transcript`.
+    #[error("root element is <{0}>, expected <transcript>")]
+    Root(String),
+    /// A required attribute is missing or empty.
+    #[error("<{0}> lacks the required attribute {1:?}")]
+    Missing(&'static str, &'static str),
+    /// A value could not be read.
+    #[error("<{0}>: {1}")]
+    Invalid(&'static str, String),
+}
+
+/// The kind of conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// One-on-one chat.
+    Direct,
+    /// Multi-person chat.
+    Group,
+    /// Persistent team or room.
+    Team,
+}
+
+impl Kind {
+    /// The transcript's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Group => "group",
+            Kind::Team => "team",
+        }
+    }
+
+    /// Parses the transcript's spelling.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim() {
+            "direct" => Some(Kind::Direct),
+            "group" => Some(Kind::Group),
+            "team" => Some(Kind::Team),
+            _ => None,
+        }
+    }
+}
+
+/// One earlier version of a message: `<edit timestamp by>old text</edit>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// When the edit was made (UTC).
+    pub timestamp: Timestamp,
+    /// Who made it.
+    pub by: String,
+    /// The text as it was before this edit.
+    pub text: String,
+}
+
+/// One `<message>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Message id, unique within the conversation.
+    pub id: String,
+    /// When it was posted (UTC).
+    pub timestamp: Timestamp,
+    /// The sender's participant id.
+    pub from: String,
+    /// The current text: the element's own text without its `<edit>`
+    /// children, surrounding whitespace trimmed.
+    pub text: String,
+    /// Deleted by a user (the transcript keeps it).
+    pub deleted: bool,
+    /// When it was deleted.
+    pub deleted_at: Option<Timestamp>,
+    /// Who deleted it.
+    pub deleted_by: Option<String>,
+    /// Edit history in document order.
+    pub edits: Vec<Edit>,
+}
+
+impl Message {
+    /// The last change: the latest edit or deletion, else the posting time.
+    pub fn last_modified(&self) -> Timestamp {
+        let mut t = self.timestamp;
+        for e in &self.edits {
+            t = t.max(e.timestamp);
+        }
+        if let Some(d) = self.deleted_at {
+            t = t.max(d);
+        }
+        t
+    }
+}
+
+/// One `<attachment message_id file/>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The message it belongs to.
+    pub message_id: String,
+    /// The file's name (as listed by the record's `role="attachment"` file).
+    pub file: String,
+}
+
+/// The conversation-level part of a transcript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Conversation id, shared by all records of the conversation.
+    pub conversation_id: String,
+    /// Direct, group or team.
+    pub kind: Kind,
+    /// Title (may be empty).
+    pub title: String,
+    /// The participant id who started it (may be empty).
+    pub owner: String,
+    /// Participants.
+    pub participants: Vec<Participant>,
+}
+
+/// A message or attachment as it streams out of [`parse_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A `<message>`.
+    Message(Message),
+    /// An `<attachment>`.
+    Attachment(Attachment),
+}
+
+/// A whole transcript in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transcript {
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Direct, group or team.
+    pub kind: Kind,
+    /// Title.
+    pub title: String,
+    /// Owner participant id.
+    pub owner: String,
+    /// Participants.
+    pub participants: Vec<Participant>,
+    /// Messages in document order.
+    pub messages: Vec<Message>,
+    /// Attachments in document order.
+    pub attachments: Vec<Attachment>,
+}
+
+impl Transcript {
+    /// Parses a `.im` file's bytes (ZIP or plain XML).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Transcript, ImError> {
+        let xml = transcript_xml(bytes)?;
+        let mut messages = Vec::new();
+        let mut attachments = Vec::new();
+        let h = parse_stream(&xml, &mut |item| match item {
+            Item::Message(m) => messages.push(m),
+            Item::Attachment(a) => attachments.push(a),
+        })?;
+        Ok(Transcript {
+            conversation_id: h.conversation_id,
+            kind: h.kind,
+            title: h.title,
+            owner: h.owner,
+            participants: h.participants,
+            messages,
+            attachments,
+        })
+    }
+
+    /// Opens and parses a plaintext `.im` file through a read-only memory map.
+    ///
+    /// Files over [`MAX_TRANSCRIPT_BYTES`] are refused before mapping.
+    pub fn open(path: &Path) -> Result<Transcript, ImError> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        if len > MAX_TRANSCRIPT_BYTES {
+            return Err(ImError::TooLarge {
+                size: len,
+                limit: MAX_TRANSCRIPT_BYTES,
+            });
+        }
+        if len == 0 {
+            return Transcript::from_bytes(&[]);
+        }
+        let map = map_file(&file)?;
+        Transcript::from_bytes(&map)
+    }
+
+    /// Attachment file names of a message, in document order.
+    pub fn attachments_of<'a>(&'a self, message_id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.attachments
+            .iter()
+            .filter(move |a| a.message_id == message_id)
+            .map(|a| a.file.as_str())
+    }
+}
+
+/// Maps a spool file read-only.
+///
+/// Zero-copy is chosen over copy-out: a transcript may be hundreds of MiB and
+/// the parser only reads it once, front to back.
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private to this process. The recorder
+    // closes every content file before it commits the record's metadata XML
+    // (spool.md) and never modifies a committed file in place; the agent
+    // never writes spool files. A truncation by a misbehaving third party
+    // could raise SIGBUS while parsing — the accepted risk of mapping; the
+    // bytes are otherwise treated as untrusted input.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Whether `bytes` start with the ZIP local-file-header magic.
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(ZIP_MAGIC)
+}
+
+/// Returns the transcript XML of a `.im` file: the inflated
+/// `transcript.xml` of a ZIP (with all caps applied), or the bytes themselves.
+pub fn transcript_xml(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImError> {
+    if bytes.len() as u64 > MAX_TRANSCRIPT_BYTES {
+        return Err(ImError::TooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_TRANSCRIPT_BYTES,
+        });
+    }
+    if !is_zip(bytes) {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let zerr = |e: zip::result::ZipError| ImError::Zip(e.to_string());
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zerr)?;
+    if archive.len() != 1 {
+        return Err(ImError::ZipLayout(format!(
+            "{} entries, expected exactly one (transcript.xml)",
+            archive.len()
+        )));
+    }
+    let (declared, compressed) = {
+        let f = archive.by_index_raw(0).map_err(zerr)?;
+        let name = String::from_utf8_lossy(f.name_raw()).into_owned();
+        if name.starts_with('/')
+            || name.contains('\\')
+            || name.split('/').any(|c| c == "..")
+            || name.bytes().any(|b| b < 0x20)
+        {
+            return Err(ImError::UnsafeEntry(name));
+        }
+        if name != "transcript.xml" {
+            return Err(ImError::ZipLayout(format!(
+                "entry is {name:?}, expected \"transcript.xml\""
+            )));
+        }
+        if f.encrypted() {
+            return Err(ImError::Encrypted(name));
+        }
+        (f.size(), f.compressed_size())
+    };
+    check_bomb(declared, compressed)?;
+    let f = archive.by_index(0).map_err(|e| match e {
+        zip::result::ZipError::UnsupportedArchive(m) if m.contains("assword") => {
+            ImError::Encrypted("transcript.xml".into())
+        }
+        other => zerr(other),
+    })?;
+    // The declared size may lie: read at most one byte past what we allow.
+    let cap = declared.min(MAX_TRANSCRIPT_BYTES);
+    let mut out = Vec::with_capacity(cap.min(16 << 20) as usize);
+    f.take(cap + 1).read_to_end(&mut out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            ImError::Zip(e.to_string())
+        } else {
+            ImError::Io(e)
+        }
+    })?;
+    let got = out.len() as u64;
+    if got > cap {
+        return Err(ImError::ZipBomb(format!(
+            "entry inflates past its declared size of {declared} bytes"
+        )));
+    }
+    check_bomb(got, compressed)?;
+    Ok(Cow::Owned(out))
+}
+
+fn check_bomb(size: u64, compressed: u64) -> Result<(), ImError> {
+    if size > MAX_TRANSCRIPT_BYTES {
+        return Err(ImError::ZipBomb(format!(
+            "inflated size {size} bytes is over the {MAX_TRANSCRIPT_BYTES}-byte cap"
+        )));
+    }
+    // Tiny entries are exempt: a 300-byte transcript can compress 200:1 only
+    // in theory, and a ratio on a handful of bytes says nothing.
+    if size > 64 << 10 && size > compressed.max(1).saturating_mul(MAX_RATIO) {
+        return Err(ImError::ZipBomb(format!(
+            "ratio {size}:{compressed} is over {MAX_RATIO}:1"
+        )));
+    }
+    Ok(())
+}
+
+fn ts_attr(
+    r: &quick_xml::Reader<&[u8]>,
+    e: &quick_xml::events::BytesStart<'_>,
+    el: &'static str,
+    name: &'static str,
+) -> Result<Option<Timestamp>, ImError> {
+    match xml::attr(r, e, name.as_bytes())?.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(s) => Timestamp::parse_recorder(&s)
+            .map(Some)
+            .map_err(|err| ImError::Invalid(el, format!("{name}: {err}"))),
+    }
+}
+
+fn req_attr(
+    r: &quick_xml::Reader<&[u8]>,
+    e: &quick_xml::events::BytesStart<'_>,
+    el: &'static str,
+    name: &'static str,
+) -> Result<String, ImError> {
+    let v = xml::attr(r, e, name.as_bytes())?
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or(ImError::Missing(el, name))?;
+    if v.len() > MAX_ATTR_TEXT {
+        return Err(XmlError::TextTooLong(el.to_string(), MAX_ATTR_TEXT).into());
+    }
+    Ok(v)
+}
+
+fn opt_attr(
+    r: &quick_xml::Reader<&[u8]>,
+    e: &quick_xml::events::BytesStart<'_>,
+    el: &'static str,
+    name: &'static str,
+) -> Result<String, ImError> {
+    let v = xml::attr(r, e, name.as_bytes())?.unwrap_or_default();
+    if v.len() > MAX_ATTR_TEXT {
+        return Err(XmlError::TextTooLong(el.to_string(), MAX_ATTR_TEXT).into());
+    }
+    Ok(v.trim().to_string())
+}
+
+fn parse_bool(el: &'static str, s: &str) -> Result<bool, ImError> {
+    match s.trim() {
+        "true" | "1" | "yes" | "TRUE" | "True" => Ok(true),
+        "false" | "0" | "no" | "FALSE" | "False" | "" => Ok(false),
+        other => Err(ImError::Invalid(
+            el,
+            format!("{other:?} is not true or false"),
+        )),
+    }
+}
+
+struct OpenMessage {
+    msg: Message,
+    depth: usize,
+    /// Depth of the open `<edit>` (its text goes to the edit), if any.
+    edit: Option<(usize, Edit)>,
+}
+
+/// Streams a transcript XML: `sink` receives every message and attachment
+/// in document order; the conversation header is returned at the end.
+///
+/// Only one message is held at a time. Unknown elements are ignored; the text
+/// of unknown children of a `<message>` counts as message text, the text of
+/// `<edit>` children as the edit's (old) text.
+pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Header, ImError> {
+    if xml_bytes.len() as u64 > MAX_TRANSCRIPT_BYTES {
+        return Err(ImError::TooLarge {
+            size: xml_bytes.len() as u64,
+            limit: MAX_TRANSCRIPT_BYTES,
+        });
+    }
+    let text = xml::check_utf8(xml_bytes)?;
+    let mut r = xml::reader(text);
+    let mut header: Option<Header> = None;
+    // Names of open elements below the root.
+    let mut stack: Vec<String> = Vec::new();
+    let mut open: Option<OpenMessage> = None;
+    let mut root_closed = false;
+
+    loop {
+        let ev = r.read_event().map_err(|e| xml::malformed(&r, e))?;
+        match &ev {
+            Event::Eof => break,
+            Event::DocType(_) => return Err(XmlError::Doctype.into()),
+            Event::Start(e) | Event::Empty(e) => {
+                let empty = matches!(ev, Event::Empty(_));
+                let name = xml::local_name(e);
+                if root_closed {
+                    return Err(xml::malformed(&r, "content after the root element").into());
+                }
+                let Some(h) = header.as_mut() else {
+                    if name != "transcript" {
+                        return Err(ImError::Root(name));
+                    }
+                    let kind_s = req_attr(&r, e, "transcript", "kind")?;
+                    let kind = Kind::parse(&kind_s).ok_or_else(|| {
+                        ImError::Invalid(
+                            "transcript",
+                            format!("kind {kind_s:?} is not direct, group or team"),
+                        )
+                    })?;
+                    header = Some(Header {
+                        conversation_id: req_attr(&r, e, "transcript", "conversation_id")?,
+                        kind,
+                        title: opt_attr(&r, e, "transcript", "title")?,
+                        owner: opt_attr(&r, e, "transcript", "owner")?,
+                        participants: Vec::new(),
+                    });
+                    if empty {
+                        root_closed = true;
+                    }
+                    continue;
+                };
+                if stack.len() >= MAX_DEPTH {
+                    return Err(XmlError::TooDeep(MAX_DEPTH).into());
+                }
+                let depth = stack.len() + 1;
+                let parent = stack.last().map(String::as_str);
+                match (depth, parent, name.as_str()) {
+                    (2, Some("participants"), "participant") => {
+                        if h.participants.len() >= MAX_PARTICIPANTS {
+                            return Err(ImError::Invalid("participants", "too many".into()));
+                        }
+                        h.participants.push(Participant {
+                            id: req_attr(&r, e, "participant", "id")?,
+                            address: opt_attr(&r, e, "participant", "address")?,
+                            name: opt_attr(&r, e, "participant", "name")?,
+                            internal: parse_bool(
+                                "participant",
+                                &opt_attr(&r, e, "participant", "internal")?,
+                            )?,
+                        });
+                    }
+                    (1, _, "message") => {
+                        let deleted =
+                            parse_bool("message", &opt_attr(&r, e, "message", "deleted")?)?;
+                        let msg = Message {
+                            id: req_attr(&r, e, "message", "id")?,
+                            timestamp: ts_attr(&r, e, "message", "timestamp")?
+                                .ok_or(ImError::Missing("message", "timestamp"))?,
+                            from: req_attr(&r, e, "message", "from")?,
+                            text: String::new(),
+                            deleted,
+                            deleted_at: ts_attr(&r, e, "message", "deleted_at")?,
+                            deleted_by: Some(opt_attr(&r, e, "message", "deleted_by")?)
+                                .filter(|s| !s.is_empty()),
+                            edits: Vec::new(),
+                        };
+                        if empty {
+                            sink(Item::Message(msg));
+                        } else {
+                            open = Some(OpenMessage {
+                                msg,
+                                depth,
+                                edit: None,
+                            });
+                        }
+                    }
+                    (2, Some("message"), "edit") => {
+                        let edit = Edit {
+                            timestamp: ts_attr(&r, e, "edit", "timestamp")?
+                                .ok_or(ImError::Missing("edit", "timestamp"))?,
+                            by: opt_attr(&r, e, "edit", "by")?,
+                            text: String::new(),
+                        };
+                        if let Some(m) = open.as_mut() {
+                            if empty {
+                                m.msg.edits.push(edit);
+                            } else {
+                                m.edit = Some((depth, edit));
+                            }
+                        }
+                    }
+                    (1, _, "attachment") => {
+                        sink(Item::Attachment(Attachment {
+                            message_id: req_attr(&r, e, "attachment", "message_id")?,
+                            file: req_attr(&r, e, "attachment", "file")?,
+                        }));
+                    }
+                    _ => {}
+                }
+                if !empty {
+                    stack.push(name);
+                }
+            }
+            Event::End(_) => {
+                let Some(_) = stack.pop() else {
+                    root_closed = true;
+                    continue;
+                };
+                let depth = stack.len() + 1;
+                if let Some(m) = open.as_mut() {
+                    if let Some((d, _)) = &m.edit {
+                        if *d == depth {
+                            if let Some((_, mut ed)) = m.edit.take() {
+                                ed.text = ed.text.trim().to_string();
+                                m.msg.edits.push(ed);
+                            }
+                        }
+                    }
+                    if m.depth == depth {
+                        if let Some(mut m) = open.take() {
+                            m.msg.text = m.msg.text.trim().to_string();
+                            sink(Item::Message(m.msg));
+                        }
+                    }
+                }
+            }
+            other => {
+                if let Some(m) = open.as_mut() {
+                    let out = match m.edit.as_mut() {
+                        Some((_, ed)) => &mut ed.text,
+                        None => &mut m.msg.text,
+                    };
+                    xml::push_text(&r, other, out, MAX_TEXT, "message")?;
+                } else if let Event::GeneralRef(g) = other {
+                    xml::resolve_ref(&r, g)?;
+                }
+            }
+        }
+    }
+    match header {
+        Some(h) if root_closed => Ok(h),
+        Some(_) => Err(xml::malformed(&r, "unexpected end of document").into()),
+        None => Err(XmlError::Malformed {
+            pos: 0,
+            msg: "no root element".into(),
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<transcript conversation_id="c-77" kind="direct" title="Rates desk" owner="u-1001">
+  <participants>
+    <participant id="u-1001" address="ann@corp.example" name="Ann Trader" internal="true"/>
+    <participant id="x-9" address="carl@partner.example" name="Carl" internal="false"/>
+  </participants>
+  <message id="m-1" timestamp="2026.11.21 14:03:07.120" from="u-1001">Morning &amp; hi</message>
+  <message id="m-2" timestamp="2026.11.21 14:04:00.000" from="x-9" deleted="true"
+           deleted_at="2026.11.21 14:05:00.000" deleted_by="x-9">oops</message>
+  <message id="m-3" timestamp="2026.11.21 14:06:00.000" from="u-1001">
+    v3 text<edit timestamp="2026.11.21 14:06:30.000" by="u-1001">v1 text</edit><edit timestamp="2026.11.21 14:07:30.000" by="u-1001">v2 text</edit>
+  </message>
+  <attachment message_id="m-3" file="term-sheet.pdf"/>
+</transcript>"#;
+
+    #[test]
+    fn parses_sample() {
+        let t = Transcript::from_bytes(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(t.conversation_id, "c-77");
+        assert_eq!(t.kind, Kind::Direct);
+        assert_eq!(t.participants.len(), 2);
+        assert!(!t.participants[1].internal);
+        assert_eq!(t.messages.len(), 3);
+        assert_eq!(t.messages[0].text, "Morning & hi");
+        assert!(t.messages[1].deleted);
+        assert_eq!(t.messages[1].deleted_by.as_deref(), Some("x-9"));
+        assert_eq!(t.messages[2].text, "v3 text");
+        assert_eq!(t.messages[2].edits.len(), 2);
+        assert_eq!(t.messages[2].edits[0].text, "v1 text");
+        assert_eq!(t.messages[2].edits[1].text, "v2 text");
+        assert_eq!(
+            t.messages[2].last_modified().rfc3339().to_string(),
+            "2026-11-21T14:07:30.000Z"
+        );
+        assert_eq!(
+            t.attachments_of("m-3").collect::<Vec<_>>(),
+            ["term-sheet.pdf"]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let bomb = r#"<?xml version="1.0"?><!DOCTYPE t [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><transcript conversation_id="c" kind="team"><message id="m" timestamp="2026.11.21 14:03:07.120" from="u">&b;</message></transcript>"#;
+        assert!(matches!(
+            Transcript::from_bytes(bomb.as_bytes()),
+            Err(ImError::Xml(XmlError::Doctype))
+        ));
+        let ent = SAMPLE.replace("Morning &amp; hi", "&xxe;");
+        assert!(matches!(
+            Transcript::from_bytes(ent.as_bytes()),
+            Err(ImError::Xml(XmlError::Entity(_)))
+        ));
+        let kind = SAMPLE.replace("kind=\"direct\"", "kind=\"broadcast\"");
+        assert!(matches!(
+            Transcript::from_bytes(kind.as_bytes()),
+            Err(ImError::Invalid(..))
+        ));
+        let ts = SAMPLE.replace("2026.11.21 14:03:07.120", "yesterday");
+        assert!(matches!(
+            Transcript::from_bytes(ts.as_bytes()),
+            Err(ImError::Invalid(..))
+        ));
+        assert!(matches!(
+            Transcript::from_bytes(b"<recording/>"),
+            Err(ImError::Root(_))
+        ));
+        assert!(Transcript::from_bytes(b"").is_err());
+        assert!(Transcript::from_bytes(&SAMPLE.as_bytes()[..300]).is_err());
+        assert!(Transcript::from_bytes(b"PK\x03\x04garbage").is_err());
+    }
+}
