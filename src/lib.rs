@@ -7,5 +7,6 @@
 pub mod layout;
 pub mod model;
 pub mod record;
+pub mod target;
 pub mod time;
 pub mod xml;
