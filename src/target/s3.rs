@@ -541,6 +541,9 @@ impl S3Target {
         );
         match e {
             ureq::Error::Timeout(t) => TargetError::Transient(format!("{what}: timed out ({t})")),
+            ureq::Error::Io(e) if is_tls_config_error(&e) => {
+                TargetError::Permanent(format!("{what}: TLS: {e}"))
+            }
             ureq::Error::Io(e) => TargetError::Transient(format!("{what}: {e}")),
             ureq::Error::ConnectionFailed => {
                 TargetError::Transient(format!("{what}: connection failed"))
@@ -630,6 +633,23 @@ impl S3Target {
     }
 }
 
+/// A TLS failure that retrying cannot fix: the server's certificate is not
+/// trusted or does not name the host, or no common protocol version/cipher.
+fn is_tls_config_error(e: &io::Error) -> bool {
+    use rustls::Error as R;
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<R>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                R::InvalidCertificate(_)
+                    | R::NoCertificatesPresented
+                    | R::PeerIncompatible(_)
+                    | R::UnsupportedNameType
+            )
+        })
+}
+
 /// A uniform number in [0, 1) from the standard library's random hasher keys.
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
@@ -713,6 +733,18 @@ impl Digests {
 
     fn sha256_b64(&self) -> String {
         B64.encode(self.sha256)
+    }
+
+    /// Whether a stored `x-amz-checksum-sha256` value is that of our bytes:
+    /// the full-object SHA-256, or the composite of our parts, with or
+    /// without the `-<parts>` suffix (some servers, moto among them, leave
+    /// it out on HEAD).
+    fn stored_checksum_matches(&self, stored: &str) -> bool {
+        if stored == self.sha256_b64() {
+            return true;
+        }
+        self.composite_b64()
+            .is_some_and(|c| c == stored || c.split('-').next() == Some(stored))
     }
 
     /// S3's composite checksum of a multipart object: SHA-256 of the
@@ -945,18 +977,15 @@ impl S3Target {
     }
 
     fn compare(&self, key: &str, head: &Head, d: &Digests) -> Result<Compare, TargetError> {
-        if let Some(c) = head.checksum_sha256.as_deref() {
-            if !c.contains('-') {
-                return Ok(match B64.decode(c) {
-                    Ok(b) if b == d.sha256 => Compare::Same,
-                    Ok(b) => Compare::Different(hex::encode(b)),
-                    Err(_) => self.compare_by_get(key, head, d)?,
-                });
-            }
-            if d.composite_b64().as_deref() == Some(c) {
-                return Ok(Compare::Same);
-            }
+        if head
+            .checksum_sha256
+            .as_deref()
+            .is_some_and(|c| d.stored_checksum_matches(c))
+        {
+            return Ok(Compare::Same);
         }
+        // No checksum, another part size, or different bytes: the stored
+        // bytes decide (and give the SHA-256 a conflict must name).
         self.compare_by_get(key, head, d)
     }
 
@@ -1365,8 +1394,7 @@ impl Target for S3Target {
             )));
         }
         if let Some(c) = head.checksum_sha256.as_deref() {
-            let ok = c == d.sha256_b64() || d.composite_b64().as_deref() == Some(c);
-            if !ok {
+            if !d.stored_checksum_matches(c) {
                 return Err(TargetError::Permanent(format!(
                     "S3 {}: stored checksum {c} does not match the bytes sent",
                     self.location(&key)
