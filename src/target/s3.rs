@@ -918,6 +918,7 @@ impl S3Target {
             match resp.status().as_u16() {
                 200..=299 => Ok(Some(Head::from(&resp))),
                 404 => Ok(None),
+                s @ (408 | 429 | 500..) => Err(self.classify("HeadObject", key, s, None, None)),
                 // A HEAD error has no body: ask again with GET for the
                 // server's code and message.
                 _ => Err(self.probe_error(key)),
