@@ -83,7 +83,8 @@ pub enum AgentError {
 }
 
 /// Builds the target objects for a snapshot.
-pub type TargetFactory = dyn Fn(&crate::model::TargetSpec) -> Result<Arc<dyn Target>, String> + Send + Sync;
+pub type TargetFactory =
+    dyn Fn(&crate::model::TargetSpec) -> Result<Arc<dyn Target>, String> + Send + Sync;
 
 /// Pluggable parts of the agent (key store, generated files, S3 targets).
 #[derive(Clone, Default)]
@@ -99,7 +100,10 @@ pub struct Plugins {
 }
 
 fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
-    move |source| AgentError::State { path: path.to_path_buf(), source }
+    move |source| AgentError::State {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Compiles `model` into `<state_dir>/snapshot.bin` and maps it.
@@ -111,17 +115,26 @@ pub fn install_snapshot(state_dir: &Path, model: &Model) -> Result<Snapshot, Age
 }
 
 /// Builds targets for every spec of a snapshot.
-pub fn build_targets(snap: &Snapshot, plugins: &Plugins) -> Result<Vec<Arc<dyn Target>>, AgentError> {
+pub fn build_targets(
+    snap: &Snapshot,
+    plugins: &Plugins,
+) -> Result<Vec<Arc<dyn Target>>, AgentError> {
     let mut v: Vec<Arc<dyn Target>> = Vec::new();
     for spec in snap.targets() {
         match spec.kind {
             TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec))),
             _ => match &plugins.targets {
-                Some(f) => v.push(f(spec).map_err(|msg| AgentError::Target { id: spec.id.clone(), msg })?),
+                Some(f) => v.push(f(spec).map_err(|msg| AgentError::Target {
+                    id: spec.id.clone(),
+                    msg,
+                })?),
                 None => {
                     return Err(AgentError::Target {
                         id: spec.id.clone(),
-                        msg: format!("kind {:?} is not supported by this build", spec.kind.as_str()),
+                        msg: format!(
+                            "kind {:?} is not supported by this build",
+                            spec.kind.as_str()
+                        ),
                     });
                 }
             },
@@ -215,7 +228,12 @@ pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError>
     let roots = cfg
         .spool
         .iter()
-        .map(|r| (r.clone(), std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())))
+        .map(|r| {
+            (
+                r.clone(),
+                std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()),
+            )
+        })
         .collect();
     Ok(Ctx {
         snap: Arc::new(snap),
@@ -228,12 +246,17 @@ pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError>
     })
 }
 
-async fn run_async(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Result<RunSummary, AgentError> {
+async fn run_async(
+    cfg_path: &Path,
+    opts: RunOptions,
+    plugins: Plugins,
+) -> Result<RunSummary, AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = LocalConfig::load(cfg_path)?;
     let ctx = make_ctx(&cfg, &plugins)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let inotify = Inotify::init().map_err(|e| AgentError::Runtime(format!("inotify_init failed: {e}")))?;
+    let inotify =
+        Inotify::init().map_err(|e| AgentError::Runtime(format!("inotify_init failed: {e}")))?;
     let mut stream = inotify
         .into_event_stream(vec![0u8; 64 << 10])
         .map_err(|e| AgentError::Runtime(format!("inotify stream: {e}")))?;
@@ -269,13 +292,19 @@ async fn run_async(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Resul
         tx,
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| AgentError::Runtime(e.to_string()))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| AgentError::Runtime(e.to_string()))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|e| AgentError::Runtime(e.to_string()))?;
 
     // Keys folder: a new identity retries records waiting for one.
     if a.cfg.keys_dir.is_dir() {
-        let _ = stream.watches().add(&a.cfg.keys_dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::ATTRIB);
+        let _ = stream.watches().add(
+            &a.cfg.keys_dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::ATTRIB,
+        );
     }
     a.rescan(&mut stream.watches(), true);
     info!(
@@ -349,12 +378,21 @@ async fn run_async(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Resul
     a.flush_status();
     let mut failures: Vec<String> = a.failures.values().cloned().collect();
     failures.sort();
-    Ok(RunSummary { counts: a.status.counts.clone(), failures, status: a.status.clone() })
+    Ok(RunSummary {
+        counts: a.status.counts.clone(),
+        failures,
+        status: a.status.clone(),
+    })
 }
 
 impl Agent {
     fn root_of(&self, p: &Path) -> Option<PathBuf> {
-        self.cfg.spool.iter().filter(|r| p.starts_with(r)).max_by_key(|r| r.as_os_str().len()).cloned()
+        self.cfg
+            .spool
+            .iter()
+            .filter(|r| p.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())
+            .cloned()
     }
 
     fn add_watch(&mut self, w: &mut inotify::Watches, dir: &Path) {
@@ -384,7 +422,11 @@ impl Agent {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for root in &roots {
             if !root.is_dir() {
-                error!("spool root {} is not a folder; check `spool` in {}", root.display(), self.cfg_path.display());
+                error!(
+                    "spool root {} is not a folder; check `spool` in {}",
+                    root.display(),
+                    self.cfg_path.display()
+                );
                 continue;
             }
             spool::scan(
@@ -404,7 +446,13 @@ impl Agent {
             for x in found {
                 seen.insert(x.key);
                 if !j.is_done(&x.key, x.size, x.mtime_ns) {
-                    self.enqueue_locked(x, Options { grace_expired: false, from_scan: true });
+                    self.enqueue_locked(
+                        x,
+                        Options {
+                            grace_expired: false,
+                            from_scan: true,
+                        },
+                    );
                 }
             }
         }
@@ -434,7 +482,9 @@ impl Agent {
 
     fn dispatch(&mut self) {
         while self.inflight.len() < self.cfg.workers {
-            let Some((x, o)) = self.queue.pop_front() else { break };
+            let Some((x, o)) = self.queue.pop_front() else {
+                break;
+            };
             self.queued.remove(&x.key);
             self.inflight.insert(x.key);
             let ctx = self.ctx.clone();
@@ -448,7 +498,10 @@ impl Agent {
     }
 
     fn held(&self) -> bool {
-        self.opts.hold.as_ref().is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+        self.opts
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     fn idle(&self) -> bool {
@@ -462,21 +515,41 @@ impl Agent {
     fn next_timer(&self) -> Option<Instant> {
         let a = self.incomplete.values().filter_map(|p| p.deadline).min();
         let b = self.retry.values().map(|r| r.at).min();
-        let c = self.degraded.then(|| Instant::now() + Duration::from_secs(30));
-        let d = self.held().then(|| Instant::now() + Duration::from_millis(200));
+        let c = self
+            .degraded
+            .then(|| Instant::now() + Duration::from_secs(30));
+        let d = self
+            .held()
+            .then(|| Instant::now() + Duration::from_millis(200));
         [a, b, c, d].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant, w: &mut inotify::Watches) {
-        let due: Vec<PathKey> = self.incomplete.iter().filter(|(_, p)| p.deadline.is_some_and(|d| d <= now)).map(|(k, _)| *k).collect();
+        let due: Vec<PathKey> = self
+            .incomplete
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some(p) = self.incomplete.get_mut(&k) {
                 p.deadline = None;
                 let x = p.xml.clone();
-                self.enqueue(x, Options { grace_expired: true, from_scan: false });
+                self.enqueue(
+                    x,
+                    Options {
+                        grace_expired: true,
+                        from_scan: false,
+                    },
+                );
             }
         }
-        let due: Vec<PathKey> = self.retry.iter().filter(|(_, r)| r.at <= now).map(|(k, _)| *k).collect();
+        let due: Vec<PathKey> = self
+            .retry
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some(r) = self.retry.remove(&k) {
                 // keep the attempt count for the next backoff
@@ -489,7 +562,13 @@ impl Agent {
         }
     }
 
-    fn on_event(&mut self, w: &mut inotify::Watches, wd: WatchDescriptor, mask: EventMask, name: Option<OsString>) {
+    fn on_event(
+        &mut self,
+        w: &mut inotify::Watches,
+        wd: WatchDescriptor,
+        mask: EventMask,
+        name: Option<OsString>,
+    ) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("inotify queue overflowed: rescanning the spool so no record is lost");
             self.rescan(w, false);
@@ -499,7 +578,9 @@ impl Agent {
             self.watches.remove(&wd);
             return;
         }
-        let Some(dir) = self.watches.get(&wd).cloned() else { return };
+        let Some(dir) = self.watches.get(&wd).cloned() else {
+            return;
+        };
         let Some(name) = name else { return };
         let Some(name_s) = name.to_str() else { return };
         let path = dir.join(name_s);
@@ -508,17 +589,31 @@ impl Agent {
             return;
         }
         if mask.contains(EventMask::ISDIR) {
-            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && !name_s.starts_with('.') {
+            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && !name_s.starts_with('.')
+            {
                 // A new folder: watch it, then scan it (files may have landed before the watch).
-                let Some(root) = self.root_of(&path) else { return };
+                let Some(root) = self.root_of(&path) else {
+                    return;
+                };
                 let mut dirs = Vec::new();
                 let mut found = Vec::new();
-                spool::scan_below(&root, &path, &mut |d| dirs.push(d.to_path_buf()), &mut |x| found.push(x));
+                spool::scan_below(
+                    &root,
+                    &path,
+                    &mut |d| dirs.push(d.to_path_buf()),
+                    &mut |x| found.push(x),
+                );
                 for d in dirs {
                     self.add_watch(w, &d);
                 }
                 for x in found {
-                    self.enqueue(x, Options { grace_expired: false, from_scan: true });
+                    self.enqueue(
+                        x,
+                        Options {
+                            grace_expired: false,
+                            from_scan: true,
+                        },
+                    );
                 }
             }
             return;
@@ -526,7 +621,9 @@ impl Agent {
         if spool::is_temp_name(name_s) {
             return;
         }
-        let Some(root) = self.root_of(&path) else { return };
+        let Some(root) = self.root_of(&path) else {
+            return;
+        };
         if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
             if spool::is_metadata_name(name_s) {
                 if let Ok(rel) = path.strip_prefix(&root) {
@@ -550,7 +647,13 @@ impl Agent {
                 if let Some(p) = self.incomplete.get(&k) {
                     let expired = p.deadline.is_none();
                     let x = p.xml.clone();
-                    self.enqueue(x, Options { grace_expired: expired, from_scan: false });
+                    self.enqueue(
+                        x,
+                        Options {
+                            grace_expired: expired,
+                            from_scan: false,
+                        },
+                    );
                 }
             }
         }
@@ -577,17 +680,29 @@ impl Agent {
             let pt = format!("{}/{}", t.policy_id, t.target_id);
             match t.action {
                 "export" => {
-                    *self.status.exported_by_policy_target.entry(pt.clone()).or_default() += 1;
+                    *self
+                        .status
+                        .exported_by_policy_target
+                        .entry(pt.clone())
+                        .or_default() += 1;
                     *self.status.bytes_by_policy_target.entry(pt).or_default() += t.bytes;
                     c.bytes += t.bytes;
                     info!(record = rep.record_id.as_deref().unwrap_or("?"), policy = %t.policy_id, target = %t.target_id, bytes = t.bytes, "exported");
                 }
                 "skip" => {
-                    *self.status.skipped_by_reason.entry(t.code.clone()).or_default() += 1;
+                    *self
+                        .status
+                        .skipped_by_reason
+                        .entry(t.code.clone())
+                        .or_default() += 1;
                     info!(record = rep.record_id.as_deref().unwrap_or("?"), policy = %t.policy_id, reason = %t.code, "skipped");
                 }
                 _ => {
-                    *self.status.errors_by_code.entry(t.code.clone()).or_default() += 1;
+                    *self
+                        .status
+                        .errors_by_code
+                        .entry(t.code.clone())
+                        .or_default() += 1;
                 }
             }
         }
@@ -646,28 +761,50 @@ impl Agent {
                 entry.missing = missing;
                 if reported || o.grace_expired {
                     entry.deadline = None;
-                    fail(self, "incomplete", format!("incomplete: missing {}", list.join(", ")));
+                    fail(
+                        self,
+                        "incomplete",
+                        format!("incomplete: missing {}", list.join(", ")),
+                    );
                 }
             }
             Outcome::Retry(msg) => {
                 let attempt = prev_attempt.unwrap_or(0) + 1;
                 if self.opts.until_idle && attempt >= 4 {
                     self.status.counts.failed += 1;
-                    fail(self, "target_unavailable", format!("gave up after {attempt} attempts: {msg}"));
+                    fail(
+                        self,
+                        "target_unavailable",
+                        format!("gave up after {attempt} attempts: {msg}"),
+                    );
                 } else {
                     let backoff = backoff(attempt);
                     warn!(record = %name, attempt, "retrying in {:.1}s: {msg}", backoff.as_secs_f64());
-                    self.retry.insert(key, Retry { xml: rep.xml.clone(), at: Instant::now() + backoff, attempt, opts: o });
+                    self.retry.insert(
+                        key,
+                        Retry {
+                            xml: rep.xml.clone(),
+                            at: Instant::now() + backoff,
+                            attempt,
+                            opts: o,
+                        },
+                    );
                 }
             }
             Outcome::Failed(msg) => {
                 self.status.counts.failed += 1;
-                self.blocked.insert(key, (rep.xml.clone(), msg.clone(), false));
-                fail(self, "failed", format!("{msg} (retried after a configuration change)"));
+                self.blocked
+                    .insert(key, (rep.xml.clone(), msg.clone(), false));
+                fail(
+                    self,
+                    "failed",
+                    format!("{msg} (retried after a configuration change)"),
+                );
             }
             Outcome::NeedKey(msg) => {
                 self.status.counts.failed += 1;
-                self.blocked.insert(key, (rep.xml.clone(), msg.clone(), true));
+                self.blocked
+                    .insert(key, (rep.xml.clone(), msg.clone(), true));
                 fail(self, "no_identity", msg);
             }
             Outcome::Vanished => {
@@ -675,8 +812,23 @@ impl Agent {
             }
             Outcome::Young(_) => {
                 let attempt = prev_attempt.unwrap_or(0) + 1;
-                let o2 = if attempt >= 3 { Options { from_scan: false, ..o } } else { o };
-                self.retry.insert(key, Retry { xml: rep.xml.clone(), at: Instant::now() + Duration::from_secs(5), attempt, opts: o2 });
+                let o2 = if attempt >= 3 {
+                    Options {
+                        from_scan: false,
+                        ..o
+                    }
+                } else {
+                    o
+                };
+                self.retry.insert(
+                    key,
+                    Retry {
+                        xml: rep.xml.clone(),
+                        at: Instant::now() + Duration::from_secs(5),
+                        attempt,
+                        opts: o2,
+                    },
+                );
             }
         }
         self.status.counts.incomplete = self.incomplete.len() as u64;
@@ -689,15 +841,23 @@ impl Agent {
         self.status_dirty = false;
         self.status.updated_at = Timestamp::now().rfc3339().to_string();
         self.status.model_version = self.ctx.snap.version();
-        self.status.backlog = (self.queue.len() + self.inflight.len() + self.incomplete.len() + self.retry.len()) as u64;
+        self.status.backlog =
+            (self.queue.len() + self.inflight.len() + self.incomplete.len() + self.retry.len())
+                as u64;
         self.status.retrying = self.retry.len() as u64;
         self.status.blocked = self.blocked.len() as u64;
         if let Err(e) = self.status.write(&self.cfg.state_dir) {
-            warn!("cannot write {}/status.json: {e}", self.cfg.state_dir.display());
+            warn!(
+                "cannot write {}/status.json: {e}",
+                self.cfg.state_dir.display()
+            );
         }
         crate::notify::notify(&format!(
             "STATUS=backlog {} exported {} skipped {} failed {}",
-            self.status.backlog, self.status.counts.exported, self.status.counts.skipped, self.status.counts.failed
+            self.status.backlog,
+            self.status.counts.exported,
+            self.status.counts.skipped,
+            self.status.counts.failed
         ));
     }
 
@@ -709,8 +869,17 @@ impl Agent {
             info!("age identities changed: retrying records that were waiting for a key");
             self.keys_fp = fp;
             self.ctx.keys = keys;
-            self.ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            let waiting: Vec<PathKey> = self.blocked.iter().filter(|(_, v)| v.2).map(|(k, _)| *k).collect();
+            self.ctx
+                .reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            let waiting: Vec<PathKey> = self
+                .blocked
+                .iter()
+                .filter(|(_, v)| v.2)
+                .map(|(k, _)| *k)
+                .collect();
             for k in waiting {
                 if let Some((x, _, _)) = self.blocked.remove(&k) {
                     self.failures.remove(&k);
@@ -733,7 +902,12 @@ impl Agent {
         if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
             warn!("spool and state_dir changes take effect after a restart");
         }
-        let model = self.plugins.pushed_model.as_ref().and_then(|f| f(&cfg)).unwrap_or_else(|| cfg.inline_model());
+        let model = self
+            .plugins
+            .pushed_model
+            .as_ref()
+            .and_then(|f| f(&cfg))
+            .unwrap_or_else(|| cfg.inline_model());
         if let Err(e) = self.apply_model(&model) {
             error!("reload refused, the configuration in force stays: {e}");
             return;
@@ -752,7 +926,11 @@ impl Agent {
         let targets = build_targets(&snap, &self.plugins)?;
         self.ctx.snap = Arc::new(snap);
         self.ctx.targets = Arc::new(targets);
-        self.ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.ctx
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         info!(version = self.ctx.snap.version(), "policy model in force");
         let blocked: Vec<PathKey> = self.blocked.keys().copied().collect();
         for k in blocked {

@@ -81,7 +81,13 @@ pub struct Row {
 /// Replaces `;`, CR and LF by a space so a field never breaks the row.
 pub fn clean_field(s: &str) -> String {
     s.chars()
-        .map(|c| if c == ';' || c == '\n' || c == '\r' { ' ' } else { c })
+        .map(|c| {
+            if c == ';' || c == '\n' || c == '\r' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -150,7 +156,10 @@ pub enum AuditError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
-    move |source| AuditError::Io { path: path.to_path_buf(), source }
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The audit files in `dir`, oldest first.
@@ -181,10 +190,15 @@ fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
     loop {
         f.seek(SeekFrom::Start(len - back)).map_err(io_err(path))?;
         let mut buf = Vec::with_capacity(back as usize);
-        (&mut f).take(back).read_to_end(&mut buf).map_err(io_err(path))?;
+        (&mut f)
+            .take(back)
+            .read_to_end(&mut buf)
+            .map_err(io_err(path))?;
         let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
         if let Some(i) = trimmed.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(String::from_utf8_lossy(&trimmed[i + 1..]).into_owned()));
+            return Ok(Some(
+                String::from_utf8_lossy(&trimmed[i + 1..]).into_owned(),
+            ));
         }
         if back == len {
             return Ok(if trimmed.is_empty() {
@@ -227,7 +241,11 @@ impl AuditLog {
                 });
             }
         }
-        Ok(AuditLog { dir, last_hash, day: None })
+        Ok(AuditLog {
+            dir,
+            last_hash,
+            day: None,
+        })
     }
 
     /// The folder holding the audit files.
@@ -266,7 +284,10 @@ impl AuditLog {
         if let Some((_, f)) = self.day.as_mut() {
             f.write_all(line.as_bytes())
                 .and_then(|_| f.sync_data())
-                .map_err(|source| AuditError::Io { path: self.dir.clone(), source })?;
+                .map_err(|source| AuditError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?;
         }
         self.last_hash = hash.clone();
         Ok(hash)
@@ -304,7 +325,11 @@ pub fn verify(state_dir: &Path) -> Result<VerifyReport, AuditError> {
                 break;
             }
             lineno += 1;
-            let bad = |why: String| AuditError::Tampered { path: path.clone(), line: lineno, why };
+            let bad = |why: String| AuditError::Tampered {
+                path: path.clone(),
+                line: lineno,
+                why,
+            };
             if raw.last() != Some(&b'\n') {
                 return Err(bad("the line is not terminated (truncated file?)".into()));
             }
@@ -329,7 +354,9 @@ pub fn verify(state_dir: &Path) -> Result<VerifyReport, AuditError> {
             let (body, hash) = line.rsplit_once(';').unwrap_or((line, ""));
             let want = sha256_hex(body.as_bytes());
             if hash != want {
-                return Err(bad(format!("row_hash does not match the row's content (row changed)")));
+                return Err(bad(format!(
+                    "row_hash does not match the row's content (row changed)"
+                )));
             }
             if Timestamp::parse_recorder(fields[0]).is_err() {
                 return Err(bad("bad timestamp".into()));
@@ -338,10 +365,18 @@ pub fn verify(state_dir: &Path) -> Result<VerifyReport, AuditError> {
             rows += 1;
         }
         if lineno == 0 {
-            return Err(AuditError::Tampered { path: path.clone(), line: 1, why: "empty audit file (header missing)".into() });
+            return Err(AuditError::Tampered {
+                path: path.clone(),
+                line: 1,
+                why: "empty audit file (header missing)".into(),
+            });
         }
     }
-    Ok(VerifyReport { files: files.len(), rows, last_hash: prev })
+    Ok(VerifyReport {
+        files: files.len(),
+        rows,
+        last_hash: prev,
+    })
 }
 
 #[cfg(test)]
@@ -375,7 +410,12 @@ mod tests {
         assert_eq!((rep.files, rep.rows), (2, 3));
         let f1 = d.join("audit/audit-20261121.csv");
         let text = fs::read_to_string(&f1).unwrap();
-        assert!(text.lines().nth(1).unwrap().contains(&format!("{GENESIS};{h1}")));
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .contains(&format!("{GENESIS};{h1}"))
+        );
         assert!(text.contains(";n 1 x;"), "{text}");
         // one-byte tamper
         let mut b = fs::read(&f1).unwrap();
@@ -395,13 +435,19 @@ mod tests {
         let mut lines: Vec<&str> = t.lines().collect();
         lines.remove(1);
         fs::write(&f1, lines.join("\n") + "\n").unwrap();
-        assert!(matches!(verify(&d), Err(AuditError::Tampered { line: 2, .. })));
+        assert!(matches!(
+            verify(&d),
+            Err(AuditError::Tampered { line: 2, .. })
+        ));
         let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
     fn folder_digest_matches_sha256sum_listing() {
-        let mut files = vec![("b.wav".to_string(), [1u8; 32]), ("a.xml".to_string(), [2u8; 32])];
+        let mut files = vec![
+            ("b.wav".to_string(), [1u8; 32]),
+            ("a.xml".to_string(), [2u8; 32]),
+        ];
         let (listing, h) = folder_digest(&mut files);
         assert!(listing.starts_with(&format!("{}  a.xml\n", hex::encode([2u8; 32]))));
         assert_eq!(h, sha256_hex(listing.as_bytes()));

@@ -165,7 +165,10 @@ impl LocalConfig {
         }
         for (i, s) in self.spool.iter().enumerate() {
             if !s.is_absolute() {
-                p.push(format!("spool root {} must be an absolute path", s.display()));
+                p.push(format!(
+                    "spool root {} must be an absolute path",
+                    s.display()
+                ));
             }
             for (j, t) in self.spool.iter().enumerate() {
                 if i != j && s.starts_with(t) {
@@ -178,13 +181,22 @@ impl LocalConfig {
             }
         }
         if !self.state_dir.is_absolute() {
-            p.push(format!("state_dir {} must be an absolute path", self.state_dir.display()));
+            p.push(format!(
+                "state_dir {} must be an absolute path",
+                self.state_dir.display()
+            ));
         }
         if !self.keys_dir.is_absolute() {
-            p.push(format!("keys_dir {} must be an absolute path", self.keys_dir.display()));
+            p.push(format!(
+                "keys_dir {} must be an absolute path",
+                self.keys_dir.display()
+            ));
         }
         if self.workers == 0 || self.workers > 64 {
-            p.push(format!("workers = {} must be between 1 and 64", self.workers));
+            p.push(format!(
+                "workers = {} must be between 1 and 64",
+                self.workers
+            ));
         }
         for t in &self.trust {
             if !matches!(decode_key(&t.public_key), Some(k) if k.len() == 32) {
@@ -220,7 +232,9 @@ impl LocalConfig {
 
 fn decode_key(s: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }
 
 #[cfg(test)]
@@ -270,7 +284,15 @@ policies = ["p-voice"]
     fn contract_sample_parses() {
         let c = LocalConfig::parse(SAMPLE, Path::new("x.toml")).unwrap();
         assert_eq!(c.agent_id, "ny-rec01");
-        assert_eq!(c.policies[0].settings.file_extensions.as_ref().unwrap().len(), 2);
+        assert_eq!(
+            c.policies[0]
+                .settings
+                .file_extensions
+                .as_ref()
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(c.central.as_ref().unwrap().heartbeat_s, 60);
         assert_eq!(c.inline_model().users[0].extensions.len(), 3);
     }
@@ -282,12 +304,21 @@ policies = ["p-voice"]
             .replace("/mnt/archive", "/var/spool/recorder/out");
         match LocalConfig::parse(&bad, Path::new("x.toml")) {
             Err(ConfigError::Invalid { problems, .. }) => {
-                assert!(problems.iter().any(|p| p.contains("unknown target")), "{problems:?}");
-                assert!(problems.iter().any(|p| p.contains("overlaps spool")), "{problems:?}");
+                assert!(
+                    problems.iter().any(|p| p.contains("unknown target")),
+                    "{problems:?}"
+                );
+                assert!(
+                    problems.iter().any(|p| p.contains("overlaps spool")),
+                    "{problems:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
         let typo = SAMPLE.replace("incomplete_grace_s", "incomplete_grace");
-        assert!(matches!(LocalConfig::parse(&typo, Path::new("x.toml")), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            LocalConfig::parse(&typo, Path::new("x.toml")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -35,7 +35,10 @@ pub struct NoKeys;
 
 impl Keys for NoKeys {
     fn decrypt<'a>(&self, _src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "no age identities are loaded"))
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "no age identities are loaded",
+        ))
     }
     fn fingerprint(&self) -> [u8; 32] {
         [0; 32]
@@ -153,7 +156,10 @@ impl Writer<'_> {
         }
     }
 
-    fn journal<T>(&self, f: impl FnOnce(&mut Journal<FileStore>) -> io::Result<T>) -> io::Result<T> {
+    fn journal<T>(
+        &self,
+        f: impl FnOnce(&mut Journal<FileStore>) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut j)
     }
@@ -164,10 +170,19 @@ fn is_no_key(e: &io::Error) -> bool {
 }
 
 /// Reads the metadata XML (decrypting `.xml.age`), bounded.
-fn read_metadata(ctx: &Ctx, root_canon: &Path, xml: &XmlRef) -> Result<(Vec<u8>, Vec<u8>, u64, i64), OpenOrKey> {
+fn read_metadata(
+    ctx: &Ctx,
+    root_canon: &Path,
+    xml: &XmlRef,
+) -> Result<(Vec<u8>, Vec<u8>, u64, i64), OpenOrKey> {
     use std::os::unix::fs::MetadataExt;
     let f = open_in_root(root_canon, &xml.path).map_err(OpenOrKey::Open)?;
-    let m = f.metadata().map_err(|e| OpenOrKey::Open(OpenError::Io { path: xml.path.clone(), source: e }))?;
+    let m = f.metadata().map_err(|e| {
+        OpenOrKey::Open(OpenError::Io {
+            path: xml.path.clone(),
+            source: e,
+        })
+    })?;
     let (size, mtime) = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
     if size > record::MAX_XML_BYTES as u64 * 4 {
         return Err(OpenOrKey::TooLarge(size, size, mtime));
@@ -175,13 +190,21 @@ fn read_metadata(ctx: &Ctx, root_canon: &Path, xml: &XmlRef) -> Result<(Vec<u8>,
     let mut raw = Vec::with_capacity(size as usize);
     (&f).take(record::MAX_XML_BYTES as u64 * 4 + 1)
         .read_to_end(&mut raw)
-        .map_err(|e| OpenOrKey::Open(OpenError::Io { path: xml.path.clone(), source: e }))?;
+        .map_err(|e| {
+            OpenOrKey::Open(OpenError::Io {
+                path: xml.path.clone(),
+                source: e,
+            })
+        })?;
     if !xml.encrypted() {
         return Ok((raw.clone(), raw, size, mtime));
     }
     let mut plain = Vec::new();
     let rd = ctx.keys.decrypt(Box::new(io::Cursor::new(raw.clone())));
-    match rd.and_then(|r| r.take(record::MAX_XML_BYTES as u64 + 1).read_to_end(&mut plain)) {
+    match rd.and_then(|r| {
+        r.take(record::MAX_XML_BYTES as u64 + 1)
+            .read_to_end(&mut plain)
+    }) {
         Ok(_) => Ok((raw, plain, size, mtime)),
         Err(e) if is_no_key(&e) => Err(OpenOrKey::NoKey(e.to_string(), size, mtime)),
         Err(e) => Err(OpenOrKey::Decrypt(e.to_string(), size, mtime)),
@@ -207,11 +230,14 @@ struct SpoolSource<'a> {
 impl Source for SpoolSource<'_> {
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
         let f = open_in_root(self.root, &self.path).map_err(|e| match e {
-            OpenError::Missing(p) => io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", p.display())),
+            OpenError::Missing(p) => {
+                io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", p.display()))
+            }
             other => io::Error::other(other.to_string()),
         })?;
         if self.decrypt {
-            self.keys.decrypt(Box::new(io::BufReader::with_capacity(64 << 10, f)))
+            self.keys
+                .decrypt(Box::new(io::BufReader::with_capacity(64 << 10, f)))
         } else {
             Ok(Box::new(f))
         }
@@ -226,21 +252,36 @@ pub type Generated = Vec<(String, Vec<u8>)>;
 
 /// Hook for generated files; receives the record, the spool folder and the
 /// content files already written (name, sha256, sha512, bytes).
-pub type GenerateFn = dyn Fn(&Record, &CompiledPolicy, &Path, &[(String, [u8; 32], Option<[u8; 64]>, u64)], &dyn Keys) -> Result<Generated, String>
+pub type GenerateFn = dyn Fn(
+        &Record,
+        &CompiledPolicy,
+        &Path,
+        &[(String, [u8; 32], Option<[u8; 64]>, u64)],
+        &dyn Keys,
+    ) -> Result<Generated, String>
     + Send
     + Sync;
 
 /// Processes one record version. Never panics on input; every failure is an
 /// audit row plus an [`Outcome`].
 pub fn process(ctx: &Ctx, xml: &XmlRef, opts: Options, generate: Option<&GenerateFn>) -> Report {
-    let mut w = Writer { ctx, xml, tallies: Vec::new() };
+    let mut w = Writer {
+        ctx,
+        xml,
+        tallies: Vec::new(),
+    };
     let mut xml = xml.clone();
     let outcome = run(ctx, &mut w, &mut xml, opts, generate);
     let (outcome, record_id) = match outcome {
         Ok(v) => v,
         Err(e) => (Outcome::Retry(format!("state I/O failed: {e}")), None),
     };
-    Report { xml, record_id, outcome, tallies: w.tallies }
+    Report {
+        xml,
+        record_id,
+        outcome,
+        tallies: w.tallies,
+    }
 }
 
 fn run(
@@ -275,18 +316,33 @@ fn run(
         Err(OpenOrKey::Open(OpenError::Missing(_))) => return Ok((Outcome::Vanished, None)),
         Err(OpenOrKey::Open(e)) => {
             err_row(w, None, "unreadable_metadata", format!("{e}"))?;
-            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            w.journal(|j| {
+                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+            })?;
             return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
         }
         Err(OpenOrKey::TooLarge(n, size, mtime)) => {
             (xml.size, xml.mtime_ns) = (size, mtime);
-            err_row(w, None, "bad_metadata", format!("metadata XML {} is {n} bytes, over the limit; fix the recorder", xml.path.display()))?;
-            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            err_row(
+                w,
+                None,
+                "bad_metadata",
+                format!(
+                    "metadata XML {} is {n} bytes, over the limit; fix the recorder",
+                    xml.path.display()
+                ),
+            )?;
+            w.journal(|j| {
+                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+            })?;
             return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
         }
         Err(OpenOrKey::NoKey(e, size, mtime)) => {
             (xml.size, xml.mtime_ns) = (size, mtime);
-            let desc = format!("no identity for record {}: {e}; add the recorder's age identity to keys_dir", xml.path.display());
+            let desc = format!(
+                "no identity for record {}: {e}; add the recorder's age identity to keys_dir",
+                xml.path.display()
+            );
             if first_report(ctx, xml.key, 0) {
                 err_row(w, None, "no_identity", desc.clone())?;
             }
@@ -294,8 +350,15 @@ fn run(
         }
         Err(OpenOrKey::Decrypt(e, size, mtime)) => {
             (xml.size, xml.mtime_ns) = (size, mtime);
-            err_row(w, None, "decrypt_failed", format!("cannot decrypt {}: {e}", xml.path.display()))?;
-            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            err_row(
+                w,
+                None,
+                "decrypt_failed",
+                format!("cannot decrypt {}: {e}", xml.path.display()),
+            )?;
+            w.journal(|j| {
+                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+            })?;
             return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
         }
     };
@@ -310,8 +373,18 @@ fn run(
             if opts.from_scan && age < YOUNG_NS {
                 return Ok((Outcome::Young(e.to_string()), None));
             }
-            err_row(w, None, "bad_metadata", format!("{}: {e}; the record is skipped until its XML changes", xml.path.display()))?;
-            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+            err_row(
+                w,
+                None,
+                "bad_metadata",
+                format!(
+                    "{}: {e}; the record is skipped until its XML changes",
+                    xml.path.display()
+                ),
+            )?;
+            w.journal(|j| {
+                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+            })?;
             return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
         }
     };
@@ -326,7 +399,9 @@ fn run(
             row.error_code = reason.code().to_string();
             row.error_desc = reason.describe(&rec);
             w.row(row, "")?;
-            w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Skipped))?;
+            w.journal(|j| {
+                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Skipped)
+            })?;
             return Ok((Outcome::Finished(journal::Outcome::Skipped), rid));
         }
         Decision::Policies(u, v) => (u, v),
@@ -340,7 +415,12 @@ fn run(
             continue;
         }
         let p = &snap.policies()[pi].policy;
-        match plan_files(&rec, p.settings.decrypt, p.settings.im_attachments || rec.modality == Modality::FileShare, p.settings.file_extensions.as_deref()) {
+        match plan_files(
+            &rec,
+            p.settings.decrypt,
+            p.settings.im_attachments || rec.modality == Modality::FileShare,
+            p.settings.file_extensions.as_deref(),
+        ) {
             Ok(plan) => plans.push((pi, plan)),
             Err(e) => {
                 for &ti in &snap.policies()[pi].targets {
@@ -353,12 +433,17 @@ fn run(
                     row.error_desc = e.to_string();
                     w.row(row, &snap.targets()[ti].id)?;
                 }
-                w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+                w.journal(|j| {
+                    j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+                })?;
                 return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
             }
         }
     }
-    let mut needed: Vec<usize> = plans.iter().flat_map(|(_, p)| p.iter().map(|f| f.index)).collect();
+    let mut needed: Vec<usize> = plans
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|f| f.index))
+        .collect();
     needed.sort_unstable();
     needed.dedup();
     let mut missing = Vec::new();
@@ -368,8 +453,15 @@ fn run(
             Ok(_) => {}
             Err(OpenError::Missing(p)) => missing.push(p),
             Err(e) => {
-                err_row(w, Some(&rec), "unsafe_path", format!("{e}; the record is refused"))?;
-                w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+                err_row(
+                    w,
+                    Some(&rec),
+                    "unsafe_path",
+                    format!("{e}; the record is refused"),
+                )?;
+                w.journal(|j| {
+                    j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
+                })?;
                 return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
             }
         }
@@ -381,11 +473,26 @@ fn run(
                 w,
                 Some(&rec),
                 "incomplete",
-                format!("record incomplete after the grace period: missing {}; it is exported when the files appear", names.join(", ")),
+                format!(
+                    "record incomplete after the grace period: missing {}; it is exported when the files appear",
+                    names.join(", ")
+                ),
             )?;
-            return Ok((Outcome::Incomplete { missing, reported: true }, rid));
+            return Ok((
+                Outcome::Incomplete {
+                    missing,
+                    reported: true,
+                },
+                rid,
+            ));
         }
-        return Ok((Outcome::Incomplete { missing, reported: opts.grace_expired }, rid));
+        return Ok((
+            Outcome::Incomplete {
+                missing,
+                reported: opts.grace_expired,
+            },
+            rid,
+        ));
     }
 
     // 4. copies
@@ -405,7 +512,20 @@ fn run(
                 continue;
             }
             let target = &ctx.targets[ti];
-            let res = copy_one(ctx, target.as_ref(), &root_canon, &folder, &rec, cp, plan, &dst, &raw_xml, &plain_xml, xml.encrypted(), generate);
+            let res = copy_one(
+                ctx,
+                target.as_ref(),
+                &root_canon,
+                &folder,
+                &rec,
+                cp,
+                plan,
+                &dst,
+                &raw_xml,
+                &plain_xml,
+                xml.encrypted(),
+                generate,
+            );
             let mut row = w.base(Some(&rec));
             row.policy_id = cp.policy.id.clone();
             row.policy_name = cp.policy.name.clone();
@@ -482,21 +602,35 @@ fn run(
             row.policy_name = cp.policy.name.clone();
             row.dst_folder_type = spec.kind.as_str().into();
             row.error_code = v.code().into();
-            row.error_desc = format!("policy {:?} filters this record out ({})", cp.policy.id, v.code());
+            row.error_desc = format!(
+                "policy {:?} filters this record out ({})",
+                cp.policy.id,
+                v.code()
+            );
             w.row(row, &spec.id)?;
         }
     }
-    let outcome = if any_taken { journal::Outcome::Exported } else { journal::Outcome::Skipped };
+    let outcome = if any_taken {
+        journal::Outcome::Exported
+    } else {
+        journal::Outcome::Skipped
+    };
     w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, outcome))?;
     Ok((Outcome::Finished(outcome), rid))
 }
 
 fn first_report(ctx: &Ctx, key: PathKey, cid: u64) -> bool {
-    ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).insert((key, cid))
+    ctx.reported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((key, cid))
 }
 
 fn forget_report(ctx: &Ctx, key: PathKey, cid: u64) {
-    ctx.reported.lock().unwrap_or_else(|p| p.into_inner()).remove(&(key, cid));
+    ctx.reported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(key, cid));
 }
 
 struct CopyDone {
@@ -533,8 +667,18 @@ fn copy_one(
         let fr = &rec.files[f.index];
         let path = folder.join(&fr.path);
         let len = std::fs::metadata(&path).ok().map(|m| m.len());
-        let src = SpoolSource { root: root_canon, path, decrypt: f.decrypt, keys: ctx.keys.as_ref(), len };
-        let req = PutRequest { folder: dst, name: &f.out_name, want_sha512: want512 };
+        let src = SpoolSource {
+            root: root_canon,
+            path,
+            decrypt: f.decrypt,
+            keys: ctx.keys.as_ref(),
+            len,
+        };
+        let req = PutRequest {
+            folder: dst,
+            name: &f.out_name,
+            want_sha512: want512,
+        };
         let r = target.put(&req, &src).map_err(CopyError::Target)?;
         if let Some(d) = r.detail {
             details.push(format!("{}: {d}", f.out_name));
@@ -544,8 +688,14 @@ fn copy_one(
     if let Some(g) = generate {
         let extra = g(rec, cp, folder, &written, ctx.keys.as_ref()).map_err(CopyError::Generate)?;
         for (name, bytes) in extra {
-            let req = PutRequest { folder: dst, name: &name, want_sha512: false };
-            let r = target.put(&req, &BytesSource(&bytes)).map_err(CopyError::Target)?;
+            let req = PutRequest {
+                folder: dst,
+                name: &name,
+                want_sha512: false,
+            };
+            let r = target
+                .put(&req, &BytesSource(&bytes))
+                .map_err(CopyError::Target)?;
             if let Some(d) = r.detail {
                 details.push(format!("{name}: {d}"));
             }
@@ -556,8 +706,14 @@ fn copy_one(
     let keep_encrypted = xml_encrypted && !cp.policy.settings.decrypt;
     let name = metadata_name(&rec.id, keep_encrypted);
     let body = if keep_encrypted { raw_xml } else { plain_xml };
-    let req = PutRequest { folder: dst, name: &name, want_sha512: false };
-    let r = target.put(&req, &BytesSource(body)).map_err(CopyError::Target)?;
+    let req = PutRequest {
+        folder: dst,
+        name: &name,
+        want_sha512: false,
+    };
+    let r = target
+        .put(&req, &BytesSource(body))
+        .map_err(CopyError::Target)?;
     if let Some(d) = r.detail {
         details.push(format!("{name}: {d}"));
     }
@@ -567,5 +723,10 @@ fn copy_one(
     let bytes = written.iter().map(|w| w.3).sum();
     let mut pairs: Vec<(String, [u8; 32])> = written.into_iter().map(|w| (w.0, w.1)).collect();
     let (_, digest) = folder_digest(&mut pairs);
-    Ok(CopyDone { n_files, bytes, digest, detail: details.join(", ") })
+    Ok(CopyDone {
+        n_files,
+        bytes,
+        digest,
+        detail: details.join(", "),
+    })
 }

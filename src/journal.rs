@@ -114,7 +114,12 @@ pub fn decode_frames(buf: &[u8]) -> (Vec<Entry>, usize) {
         }
         let body = &buf[pos + 4..pos + 4 + len];
         let crc_at = pos + 4 + len;
-        let crc = u32::from_le_bytes([buf[crc_at], buf[crc_at + 1], buf[crc_at + 2], buf[crc_at + 3]]);
+        let crc = u32::from_le_bytes([
+            buf[crc_at],
+            buf[crc_at + 1],
+            buf[crc_at + 2],
+            buf[crc_at + 3],
+        ]);
         if crc != crc32fast::hash(body) {
             break;
         }
@@ -153,10 +158,15 @@ impl FileStore {
 
     fn file(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.file = Some(f);
         }
-        self.file.as_mut().ok_or_else(|| io::Error::other("journal not open"))
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("journal not open"))
     }
 }
 
@@ -251,7 +261,11 @@ impl<S: JournalStore> Journal<S> {
         if valid < buf.len() {
             store.truncate(valid as u64)?;
         }
-        let mut j = Journal { store, map: HashMap::new(), frames: entries.len() };
+        let mut j = Journal {
+            store,
+            map: HashMap::new(),
+            frames: entries.len(),
+        };
         for e in entries {
             j.apply(&e);
         }
@@ -260,13 +274,41 @@ impl<S: JournalStore> Journal<S> {
 
     fn apply(&mut self, e: &Entry) {
         match *e {
-            Entry::Done { key, size, mtime_ns, outcome } => {
-                self.map.insert(key, State { size, mtime_ns, done: Some(outcome), copies: Vec::new() });
+            Entry::Done {
+                key,
+                size,
+                mtime_ns,
+                outcome,
+            } => {
+                self.map.insert(
+                    key,
+                    State {
+                        size,
+                        mtime_ns,
+                        done: Some(outcome),
+                        copies: Vec::new(),
+                    },
+                );
             }
-            Entry::Copy { key, size, mtime_ns, copy } => {
-                let st = self.map.entry(key).or_insert(State { size, mtime_ns, done: None, copies: Vec::new() });
+            Entry::Copy {
+                key,
+                size,
+                mtime_ns,
+                copy,
+            } => {
+                let st = self.map.entry(key).or_insert(State {
+                    size,
+                    mtime_ns,
+                    done: None,
+                    copies: Vec::new(),
+                });
                 if st.size != size || st.mtime_ns != mtime_ns {
-                    *st = State { size, mtime_ns, done: None, copies: Vec::new() };
+                    *st = State {
+                        size,
+                        mtime_ns,
+                        done: None,
+                        copies: Vec::new(),
+                    };
                 }
                 if st.done.is_none() && !st.copies.contains(&copy) {
                     st.copies.push(copy);
@@ -287,12 +329,15 @@ impl<S: JournalStore> Journal<S> {
 
     /// The state of a record version, if it is this version.
     pub fn get(&self, key: &PathKey, size: u64, mtime_ns: i64) -> Option<&State> {
-        self.map.get(key).filter(|s| s.size == size && s.mtime_ns == mtime_ns)
+        self.map
+            .get(key)
+            .filter(|s| s.size == size && s.mtime_ns == mtime_ns)
     }
 
     /// Whether this record version is finished.
     pub fn is_done(&self, key: &PathKey, size: u64, mtime_ns: i64) -> bool {
-        self.get(key, size, mtime_ns).is_some_and(|s| s.done.is_some())
+        self.get(key, size, mtime_ns)
+            .is_some_and(|s| s.done.is_some())
     }
 
     /// Whether a copy of this record version is durable.
@@ -302,13 +347,35 @@ impl<S: JournalStore> Journal<S> {
     }
 
     /// Records a durable copy.
-    pub fn record_copy(&mut self, key: PathKey, size: u64, mtime_ns: i64, copy: u64) -> io::Result<()> {
-        self.write(Entry::Copy { key, size, mtime_ns, copy })
+    pub fn record_copy(
+        &mut self,
+        key: PathKey,
+        size: u64,
+        mtime_ns: i64,
+        copy: u64,
+    ) -> io::Result<()> {
+        self.write(Entry::Copy {
+            key,
+            size,
+            mtime_ns,
+            copy,
+        })
     }
 
     /// Records a finished record version.
-    pub fn record_done(&mut self, key: PathKey, size: u64, mtime_ns: i64, outcome: Outcome) -> io::Result<()> {
-        self.write(Entry::Done { key, size, mtime_ns, outcome })?;
+    pub fn record_done(
+        &mut self,
+        key: PathKey,
+        size: u64,
+        mtime_ns: i64,
+        outcome: Outcome,
+    ) -> io::Result<()> {
+        self.write(Entry::Done {
+            key,
+            size,
+            mtime_ns,
+            outcome,
+        })?;
         self.maybe_compact()
     }
 
@@ -333,12 +400,22 @@ impl<S: JournalStore> Journal<S> {
         for (key, st) in &self.map {
             match st.done {
                 Some(outcome) => {
-                    buf.extend(encode_frame(&Entry::Done { key: *key, size: st.size, mtime_ns: st.mtime_ns, outcome }));
+                    buf.extend(encode_frame(&Entry::Done {
+                        key: *key,
+                        size: st.size,
+                        mtime_ns: st.mtime_ns,
+                        outcome,
+                    }));
                     n += 1;
                 }
                 None => {
                     for c in &st.copies {
-                        buf.extend(encode_frame(&Entry::Copy { key: *key, size: st.size, mtime_ns: st.mtime_ns, copy: *c }));
+                        buf.extend(encode_frame(&Entry::Copy {
+                            key: *key,
+                            size: st.size,
+                            mtime_ns: st.mtime_ns,
+                            copy: *c,
+                        }));
                         n += 1;
                     }
                 }
@@ -406,7 +483,9 @@ mod tests {
         j.record_done(k(2), 11, 6, Outcome::Skipped).unwrap();
         let mut store = j.store().clone();
         let full = store.bytes.len();
-        store.bytes.extend_from_slice(&encode_frame(&Entry::Forget { key: k(2) })[..5]);
+        store
+            .bytes
+            .extend_from_slice(&encode_frame(&Entry::Forget { key: k(2) })[..5]);
         let j2 = Journal::open(store).unwrap();
         assert_eq!(j2.store().bytes.len(), full);
         assert!(j2.has_copy(&k(1), 10, 5, 7));
@@ -418,8 +497,18 @@ mod tests {
     #[test]
     fn every_prefix_decodes_to_a_prefix_of_entries() {
         let es = vec![
-            Entry::Copy { key: k(1), size: 1, mtime_ns: -1, copy: 9 },
-            Entry::Done { key: k(1), size: 1, mtime_ns: -1, outcome: Outcome::Exported },
+            Entry::Copy {
+                key: k(1),
+                size: 1,
+                mtime_ns: -1,
+                copy: 9,
+            },
+            Entry::Done {
+                key: k(1),
+                size: 1,
+                mtime_ns: -1,
+                outcome: Outcome::Exported,
+            },
             Entry::Forget { key: k(1) },
         ];
         let mut buf = Vec::new();

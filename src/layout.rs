@@ -299,7 +299,11 @@ pub fn extension_selected(name: &str, allowed: Option<&[String]>) -> bool {
 /// The metadata XML's name in the record folder.
 pub fn metadata_name(record_id: &str, encrypted_kept: bool) -> String {
     let id = sanitize_component(record_id);
-    if encrypted_kept { format!("{id}.xml.age") } else { format!("{id}.xml") }
+    if encrypted_kept {
+        format!("{id}.xml.age")
+    } else {
+        format!("{id}.xml")
+    }
 }
 
 /// Plans the content files of `r` for a policy: selection by extension and
@@ -336,7 +340,11 @@ pub fn plan_files(
             ));
         }
         if reserved.contains(&name) {
-            return Err(PlanError::Collision(f.path.clone(), "(generated)".into(), name));
+            return Err(PlanError::Collision(
+                f.path.clone(),
+                "(generated)".into(),
+                name,
+            ));
         }
         out.push(PlannedFile {
             index: i,
@@ -350,7 +358,11 @@ pub fn plan_files(
 /// A content file's name in the record folder.
 pub fn output_name(f: &FileRef, decrypt: bool) -> String {
     let base = f.base_name();
-    let base = if decrypt { base.strip_suffix(".age").unwrap_or(base) } else { base };
+    let base = if decrypt {
+        base.strip_suffix(".age").unwrap_or(base)
+    } else {
+        base
+    };
     sanitize_component(base)
 }
 
@@ -379,13 +391,26 @@ mod tests {
 
     #[test]
     fn all_fields_sanitised() {
-        let t = Template::parse("{location}/{hh}h-{policy_id}/{extension}/x{modality}{platform}").unwrap();
-        assert_eq!(t.expand(&vals()), "ny_rec/04h-p-voice/+1 212/xvoiceipc_unigy");
+        let t = Template::parse("{location}/{hh}h-{policy_id}/{extension}/x{modality}{platform}")
+            .unwrap();
+        assert_eq!(
+            t.expand(&vals()),
+            "ny_rec/04h-p-voice/+1 212/xvoiceipc_unigy"
+        );
     }
 
     #[test]
     fn bad_templates() {
-        for t in ["", "/abs/{id}", "a//b", "{id}/..", "{nope}", "{id", "a}b", "a/./b"] {
+        for t in [
+            "",
+            "/abs/{id}",
+            "a//b",
+            "{id}/..",
+            "{nope}",
+            "{id",
+            "a}b",
+            "a/./b",
+        ] {
             assert!(Template::parse(t).is_err(), "{t}");
         }
     }
@@ -410,6 +435,9 @@ mod tests {
         let p = plan_files(&r, false, false, None).unwrap();
         assert_eq!(p[1].out_name, "call.vtr.age");
         r.files[1].path = "other/call.wav".into();
-        assert!(matches!(plan_files(&r, false, false, None), Err(PlanError::Collision(..))));
+        assert!(matches!(
+            plan_files(&r, false, false, None),
+            Err(PlanError::Collision(..))
+        ));
     }
 }

@@ -114,12 +114,18 @@ pub fn verdict(r: &Record, p: &crate::model::Policy) -> Verdict {
     }
     let f = &p.filters;
     if !f.conversation_types.is_empty()
-        && !f.conversation_types.iter().any(|m| m == r.modality.as_str())
+        && !f
+            .conversation_types
+            .iter()
+            .any(|m| m == r.modality.as_str())
     {
         return Verdict::Modality;
     }
     if !f.source_platforms.is_empty()
-        && !f.source_platforms.iter().any(|s| s.eq_ignore_ascii_case(&r.source_platform))
+        && !f
+            .source_platforms
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&r.source_platform))
     {
         return Verdict::Platform;
     }
@@ -178,7 +184,9 @@ mod tests {
     #[test]
     fn filters() {
         let any = snap(Filters::default(), true);
-        assert!(matches!(decide(&rec(), &any), Decision::Policies(_, v) if v == vec![(0, Verdict::Take)]));
+        assert!(
+            matches!(decide(&rec(), &any), Decision::Policies(_, v) if v == vec![(0, Verdict::Take)])
+        );
         let mut r = rec();
         r.imported = true;
         assert_eq!(decide(&r, &any), Decision::Skip(SkipReason::Imported, None));
@@ -193,20 +201,30 @@ mod tests {
             conversation_types: vec!["video".into()],
             ..Filters::default()
         };
-        assert!(matches!(decide(&rec(), &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Modality));
+        assert!(
+            matches!(decide(&rec(), &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Modality)
+        );
         let f = Filters {
             source_platforms: vec!["teams".into()],
             ..Filters::default()
         };
-        assert!(matches!(decide(&rec(), &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Platform));
+        assert!(
+            matches!(decide(&rec(), &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Platform)
+        );
         let f = Filters {
             source_2n: Source2n::Secondary,
             ..Filters::default()
         };
-        assert!(matches!(decide(&rec(), &snap(f.clone(), true)), Decision::Policies(_, v) if v[0].1 == Verdict::Source2n));
+        assert!(
+            matches!(decide(&rec(), &snap(f.clone(), true)), Decision::Policies(_, v) if v[0].1 == Verdict::Source2n)
+        );
         let mut r = rec();
         r.secondary = true;
-        assert!(matches!(decide(&r, &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Take));
-        assert!(matches!(decide(&rec(), &snap(Filters::default(), false)), Decision::Policies(_, v) if v[0].1 == Verdict::Disabled));
+        assert!(
+            matches!(decide(&r, &snap(f, true)), Decision::Policies(_, v) if v[0].1 == Verdict::Take)
+        );
+        assert!(
+            matches!(decide(&rec(), &snap(Filters::default(), false)), Decision::Policies(_, v) if v[0].1 == Verdict::Disabled)
+        );
     }
 }

@@ -243,7 +243,15 @@ pub const MAX_POLICIES_PER_USER: usize = 32;
 /// The most targets one policy may write to.
 pub const MAX_TARGETS_PER_POLICY: usize = 8;
 
-const MODALITIES: [&str; 7] = ["voice", "video", "screen", "share", "im", "file_share", "sms"];
+const MODALITIES: [&str; 7] = [
+    "voice",
+    "video",
+    "screen",
+    "share",
+    "im",
+    "file_share",
+    "sms",
+];
 
 fn id_ok(s: &str) -> bool {
     !s.is_empty()
@@ -261,7 +269,10 @@ impl Model {
         let mut target_ids = HashSet::new();
         for t in &self.targets {
             if !id_ok(&t.id) {
-                e(format!("target id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]", t.id));
+                e(format!(
+                    "target id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]",
+                    t.id
+                ));
             }
             if !target_ids.insert(t.id.as_str()) {
                 e(format!("target id {:?} is defined twice", t.id));
@@ -270,9 +281,11 @@ impl Model {
                 TargetKind::Fs => {
                     match &t.path {
                         None => e(format!("target {:?} (fs) needs `path`", t.id)),
-                        Some(p) if !p.is_absolute() => {
-                            e(format!("target {:?}: path {} must be absolute", t.id, p.display()))
-                        }
+                        Some(p) if !p.is_absolute() => e(format!(
+                            "target {:?}: path {} must be absolute",
+                            t.id,
+                            p.display()
+                        )),
                         _ => {}
                     }
                     for (name, set) in [
@@ -307,7 +320,10 @@ impl Model {
                     }
                     if let Some(l) = &t.object_lock {
                         if l.retain_days == 0 {
-                            e(format!("target {:?}: object_lock.retain_days must be > 0", t.id));
+                            e(format!(
+                                "target {:?}: object_lock.retain_days must be > 0",
+                                t.id
+                            ));
                         }
                     }
                     if t.path.is_some() {
@@ -320,7 +336,10 @@ impl Model {
         let mut policy_ids = HashSet::new();
         for p in &self.policies {
             if !id_ok(&p.id) {
-                e(format!("policy id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]", p.id));
+                e(format!(
+                    "policy id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]",
+                    p.id
+                ));
             }
             if !policy_ids.insert(p.id.as_str()) {
                 e(format!("policy id {:?} is defined twice", p.id));
@@ -395,7 +414,10 @@ impl Model {
                     continue;
                 }
                 if n.len() > MAX_EXTENSION_LEN {
-                    e(format!("user {:?}: extension {x:?} is longer than {MAX_EXTENSION_LEN} bytes", u.id));
+                    e(format!(
+                        "user {:?}: extension {x:?} is longer than {MAX_EXTENSION_LEN} bytes",
+                        u.id
+                    ));
                     continue;
                 }
                 match owners.get(&n) {
@@ -455,7 +477,9 @@ pub fn normalize_extension_into<W: std::fmt::Write>(raw: &str, out: &mut W) -> b
     let mut had_scheme = false;
     let mut rest = t;
     for scheme in ["sip:", "tel:", "mailto:"] {
-        if t.len() >= scheme.len() && t.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes()) {
+        if t.len() >= scheme.len()
+            && t.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        {
             rest = t[scheme.len()..].trim_start();
             had_scheme = true;
             break;
@@ -517,14 +541,29 @@ mod tests {
         assert_eq!(normalize_extension(" +1 (212) 555-0100 "), "+12125550100");
         assert_eq!(normalize_extension("tel:+1-212-555-0100"), "+12125550100");
         assert_eq!(normalize_extension("2125550100"), "2125550100");
-        assert_eq!(normalize_extension("SIP:Ann@Corp.Example"), "ann@corp.example");
-        assert_eq!(normalize_extension("mailto:ann@corp.example"), "ann@corp.example");
-        assert_eq!(normalize_extension("sip:ann@corp.example"), "ann@corp.example");
+        assert_eq!(
+            normalize_extension("SIP:Ann@Corp.Example"),
+            "ann@corp.example"
+        );
+        assert_eq!(
+            normalize_extension("mailto:ann@corp.example"),
+            "ann@corp.example"
+        );
+        assert_eq!(
+            normalize_extension("sip:ann@corp.example"),
+            "ann@corp.example"
+        );
         assert_eq!(normalize_extension("ANN@CORP.EXAMPLE"), "ann@corp.example");
         assert_eq!(normalize_extension(" TRD-0042 "), "TRD-0042");
-        assert_ne!(normalize_extension("trd-0042"), normalize_extension("TRD-0042"));
+        assert_ne!(
+            normalize_extension("trd-0042"),
+            normalize_extension("TRD-0042")
+        );
         assert_eq!(normalize_extension("+44 20 7946 0958"), "+442079460958");
-        assert_ne!(normalize_extension("+12125550100"), normalize_extension("12125550100"));
+        assert_ne!(
+            normalize_extension("+12125550100"),
+            normalize_extension("12125550100")
+        );
     }
 
     #[test]
@@ -583,9 +622,18 @@ mod tests {
         m.policies[0].targets.push("missing".into());
         m.policies[0].settings.path_template = Some("{yyyy}/{bogus}".into());
         let errs: Vec<String> = m.validate().into_iter().map(|e| e.0).collect();
-        assert!(errs.iter().any(|e| e.contains("assigned to both")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("unknown policy")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("unknown target")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("assigned to both")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("unknown policy")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("unknown target")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.contains("bogus")), "{errs:?}");
     }
 

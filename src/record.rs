@@ -358,7 +358,9 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
                             Some(x) => {
                                 return Err(RecordError::Invalid(
                                     "file",
-                                    format!("unknown role {x:?} (media, transcript, attachment or other)"),
+                                    format!(
+                                        "unknown role {x:?} (media, transcript, attachment or other)"
+                                    ),
                                 ));
                             }
                         };
@@ -398,11 +400,18 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
                     if d == depth {
                         let value = std::mem::take(&mut text_buf);
                         if name == "file" {
-                            let (role, message_id) = file_attrs.take().unwrap_or((FileRole::Media, None));
+                            let (role, message_id) =
+                                file_attrs.take().unwrap_or((FileRole::Media, None));
                             let path = value.trim().to_string();
-                            check_relative_path(&path)
-                                .map_err(|why| RecordError::UnsafePath { path: path.clone(), why })?;
-                            files.push(FileRef { role, path, message_id });
+                            check_relative_path(&path).map_err(|why| RecordError::UnsafePath {
+                                path: path.clone(),
+                                why,
+                            })?;
+                            files.push(FileRef {
+                                role,
+                                path,
+                                message_id,
+                            });
                         } else if let Some(slot) = f.slot(&name) {
                             *slot = Some(value);
                         }
@@ -425,14 +434,20 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
         }
     }
     if !seen_root {
-        return Err(XmlError::Malformed { pos: 0, msg: "no root element".into() }.into());
+        return Err(XmlError::Malformed {
+            pos: 0,
+            msg: "no root element".into(),
+        }
+        .into());
     }
 
     let modality_s = required(f.modality, "modality_id")?;
     let modality = Modality::parse(&modality_s).ok_or_else(|| {
         RecordError::Invalid(
             "modality_id",
-            format!("unknown modality {modality_s:?} (voice, video, screen, share, im, file_share, sms)"),
+            format!(
+                "unknown modality {modality_s:?} (voice, video, screen, share, im, file_share, sms)"
+            ),
         )
     })?;
     let ts = |v: Option<String>, name: &'static str| -> Result<Timestamp, RecordError> {
@@ -495,9 +510,8 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::tests_support::SAMPLE;
-
+    use super::*;
 
     #[test]
     fn parses_sample() {
@@ -505,7 +519,10 @@ mod tests {
         assert_eq!(r.id, "0b6f3c1e-1111-4a3b-9c6d-000000000001");
         assert_eq!(r.modality, Modality::Voice);
         assert_eq!(r.source_name.as_deref(), Some("Bob & Co"));
-        assert_eq!(r.start_time.recorder().to_string(), "2026.11.21 14:03:07.120");
+        assert_eq!(
+            r.start_time.recorder().to_string(),
+            "2026.11.21 14:03:07.120"
+        );
         assert_eq!(r.files.len(), 2);
         assert_eq!(r.files[1].base_name(), "call.vtr.age");
         assert!(r.files[1].is_encrypted());
@@ -517,31 +534,61 @@ mod tests {
     #[test]
     fn refuses_hostile_and_broken_input() {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><recording><id>&b;</id></recording>"#;
-        assert!(matches!(parse(bomb.as_bytes()), Err(RecordError::Xml(XmlError::Doctype))));
+        assert!(matches!(
+            parse(bomb.as_bytes()),
+            Err(RecordError::Xml(XmlError::Doctype))
+        ));
         let ext = SAMPLE.replace("Bob &amp; Co", "&xxe;");
-        assert!(matches!(parse(ext.as_bytes()), Err(RecordError::Xml(XmlError::Entity(_)))));
+        assert!(matches!(
+            parse(ext.as_bytes()),
+            Err(RecordError::Xml(XmlError::Entity(_)))
+        ));
         let trav = SAMPLE.replace("call.wav<", "../../etc/shadow<");
-        assert!(matches!(parse(trav.as_bytes()), Err(RecordError::UnsafePath { .. })));
+        assert!(matches!(
+            parse(trav.as_bytes()),
+            Err(RecordError::UnsafePath { .. })
+        ));
         let abs = SAMPLE.replace("call.wav<", "/etc/shadow<");
-        assert!(matches!(parse(abs.as_bytes()), Err(RecordError::UnsafePath { .. })));
+        assert!(matches!(
+            parse(abs.as_bytes()),
+            Err(RecordError::UnsafePath { .. })
+        ));
         let unk = SAMPLE.replace(">voice<", ">hologram<");
-        assert!(matches!(parse(unk.as_bytes()), Err(RecordError::Invalid("modality_id", _))));
+        assert!(matches!(
+            parse(unk.as_bytes()),
+            Err(RecordError::Invalid("modality_id", _))
+        ));
         let missing = SAMPLE.replace("<location>ny-rec01</location>", "");
-        assert_eq!(parse(missing.as_bytes()), Err(RecordError::Missing("location")));
+        assert_eq!(
+            parse(missing.as_bytes()),
+            Err(RecordError::Missing("location"))
+        );
         let mut bad = SAMPLE.as_bytes().to_vec();
         bad[200] = 0xff;
-        assert!(matches!(parse(&bad), Err(RecordError::Xml(XmlError::NotUtf8(200)))));
-        assert!(matches!(parse(b"<recording><id>x</recording>"), Err(RecordError::Xml(_))));
+        assert!(matches!(
+            parse(&bad),
+            Err(RecordError::Xml(XmlError::NotUtf8(200)))
+        ));
+        assert!(matches!(
+            parse(b"<recording><id>x</recording>"),
+            Err(RecordError::Xml(_))
+        ));
         assert!(matches!(parse(b"<other/>"), Err(RecordError::Root(_))));
         let big = vec![b' '; MAX_XML_BYTES + 1];
         assert!(matches!(parse(&big), Err(RecordError::TooLarge(_))));
         let nul = SAMPLE.replace("call.wav<", "ca\u{1}ll.wav<");
-        assert!(matches!(parse(nul.as_bytes()), Err(RecordError::UnsafePath { .. })));
+        assert!(matches!(
+            parse(nul.as_bytes()),
+            Err(RecordError::UnsafePath { .. })
+        ));
     }
 
     #[test]
     fn char_refs_and_cdata() {
         let s = SAMPLE.replace("Bob &amp; Co", "B&#x6F;b <![CDATA[<&>]]>");
-        assert_eq!(parse(s.as_bytes()).unwrap().source_name.as_deref(), Some("Bob <&>"));
+        assert_eq!(
+            parse(s.as_bytes()).unwrap().source_name.as_deref(),
+            Some("Bob <&>")
+        );
     }
 }

@@ -140,14 +140,29 @@ pub struct SimSummary {
 }
 
 const PLATFORMS_VOICE: [&str; 9] = [
-    "ipc_unigy", "bt_iptrade", "speakerbus", "cloud9", "avaya", "cisco", "sip", "genesys", "bt_its",
+    "ipc_unigy",
+    "bt_iptrade",
+    "speakerbus",
+    "cloud9",
+    "avaya",
+    "cisco",
+    "sip",
+    "genesys",
+    "bt_its",
 ];
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
-fn write_file(opts: &SimOptions, path: &Path, data: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<PathBuf> {
+fn write_file(
+    opts: &SimOptions,
+    path: &Path,
+    data: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<PathBuf> {
     let (path, f) = match &opts.encrypt {
         Some(_) => {
             let mut p = path.as_os_str().to_owned();
@@ -209,9 +224,16 @@ fn mp4(rng: &mut Rng, w: &mut dyn Write, len: u64) -> io::Result<()> {
 }
 
 /// Writes one record; returns the XML path and content bytes.
-pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) -> io::Result<(PathBuf, u64, &'static str)> {
+pub fn write_record(
+    opts: &SimOptions,
+    rng: &mut Rng,
+    seq: u64,
+    now: Timestamp,
+) -> io::Result<(PathBuf, u64, &'static str)> {
     let c = now.civil();
-    let dir = opts.spool.join(format!("{:04}/{:02}/{:02}", c.year, c.month, c.day));
+    let dir = opts
+        .spool
+        .join(format!("{:04}/{:02}/{:02}", c.year, c.month, c.day));
     fs::create_dir_all(&dir)?;
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
@@ -258,7 +280,9 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
     match modality {
         "voice" if !cdr_only => {
             let samples = ((dur_ms * 8) as f64 * scale * 0.25) as u64;
-            let p = write_file(opts, &dir.join(format!("{base}.wav")), &mut |w| wav(rng, w, samples))?;
+            let p = write_file(opts, &dir.join(format!("{base}.wav")), &mut |w| {
+                wav(rng, w, samples)
+            })?;
             bytes += samples * 2 + 44;
             files.push((name_of(&p), "media", None));
             if rng.chance(30) {
@@ -270,7 +294,9 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
         }
         "video" | "screen" | "share" => {
             let len = ((200_000 + rng.below(1_800_000)) as f64 * scale) as u64;
-            let p = write_file(opts, &dir.join(format!("{base}.mp4")), &mut |w| mp4(rng, w, len))?;
+            let p = write_file(opts, &dir.join(format!("{base}.mp4")), &mut |w| {
+                mp4(rng, w, len)
+            })?;
             bytes += len;
             files.push((name_of(&p), "media", None));
         }
@@ -286,13 +312,23 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
             );
             let n = 1 + rng.below(12);
             for m in 0..n {
-                let ts = Timestamp(start.0 + (m as i64) * 7_000).recorder().to_string();
-                let from = if m % 2 == 0 { format!("u-{user:04}") } else { other.clone() };
+                let ts = Timestamp(start.0 + (m as i64) * 7_000)
+                    .recorder()
+                    .to_string();
+                let from = if m % 2 == 0 {
+                    format!("u-{user:04}")
+                } else {
+                    other.clone()
+                };
                 if m == 2 {
-                    let del = Timestamp(start.0 + (m as i64) * 7_000 + 500).recorder().to_string();
+                    let del = Timestamp(start.0 + (m as i64) * 7_000 + 500)
+                        .recorder()
+                        .to_string();
                     t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\" deleted=\"true\" deleted_at=\"{del}\" deleted_by=\"{from}\">oops, wrong chat</message>\n"));
                 } else if m == 3 {
-                    let ed = Timestamp(start.0 + (m as i64) * 7_000 + 900).recorder().to_string();
+                    let ed = Timestamp(start.0 + (m as i64) * 7_000 + 900)
+                        .recorder()
+                        .to_string();
                     t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">price is 101.25<edit timestamp=\"{ed}\" by=\"{from}\">price is 101.52</edit></message>\n"));
                 } else {
                     t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">message {m} about the {} curve</message>\n", ["2y", "5y", "10y"][(m % 3) as usize]));
@@ -300,28 +336,40 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
             }
             let attach = rng.chance(40);
             if attach {
-                t.push_str(&format!("  <attachment message_id=\"m-0\" file=\"{base}-term-sheet.pdf\"/>\n"));
+                t.push_str(&format!(
+                    "  <attachment message_id=\"m-0\" file=\"{base}-term-sheet.pdf\"/>\n"
+                ));
             }
             t.push_str("</transcript>\n");
-            let p = write_file(opts, &dir.join(format!("{base}.im")), &mut |w| w.write_all(t.as_bytes()))?;
+            let p = write_file(opts, &dir.join(format!("{base}.im")), &mut |w| {
+                w.write_all(t.as_bytes())
+            })?;
             bytes += t.len() as u64;
             files.push((name_of(&p), "transcript", None));
             if attach {
-                let p = write_file(opts, &dir.join(format!("{base}-term-sheet.pdf")), &mut |w| {
-                    w.write_all(b"%PDF-1.4\n% simulated term sheet\n")?;
-                    random_bytes(rng, w, 2000)
-                })?;
+                let p = write_file(
+                    opts,
+                    &dir.join(format!("{base}-term-sheet.pdf")),
+                    &mut |w| {
+                        w.write_all(b"%PDF-1.4\n% simulated term sheet\n")?;
+                        random_bytes(rng, w, 2000)
+                    },
+                )?;
                 files.push((name_of(&p), "attachment", Some("m-0".into())));
             }
         }
         "file_share" => {
             let len = 1000 + rng.below(50_000);
-            let p = write_file(opts, &dir.join(format!("{base}-report.xlsx")), &mut |w| random_bytes(rng, w, len))?;
+            let p = write_file(opts, &dir.join(format!("{base}-report.xlsx")), &mut |w| {
+                random_bytes(rng, w, len)
+            })?;
             bytes += len;
             files.push((name_of(&p), "media", None));
         }
         "sms" => {
-            let p = write_file(opts, &dir.join(format!("{base}.txt")), &mut |w| w.write_all(b"Call me back re: the 5y swap\n"))?;
+            let p = write_file(opts, &dir.join(format!("{base}.txt")), &mut |w| {
+                w.write_all(b"Call me back re: the 5y swap\n")
+            })?;
             files.push((name_of(&p), "other", None));
         }
         _ => {}
@@ -329,8 +377,14 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
     let mut files_xml = String::new();
     for (name, role, mid) in &files {
         match mid {
-            Some(m) => files_xml.push_str(&format!("    <file role=\"{role}\" message_id=\"{m}\">{}</file>\n", xml_escape(name))),
-            None => files_xml.push_str(&format!("    <file role=\"{role}\">{}</file>\n", xml_escape(name))),
+            Some(m) => files_xml.push_str(&format!(
+                "    <file role=\"{role}\" message_id=\"{m}\">{}</file>\n",
+                xml_escape(name)
+            )),
+            None => files_xml.push_str(&format!(
+                "    <file role=\"{role}\">{}</file>\n",
+                xml_escape(name)
+            )),
         }
     }
     let xml = format!(
@@ -361,7 +415,9 @@ pub fn write_record(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) 
 }
 
 fn name_of(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Runs the simulator.
@@ -396,7 +452,10 @@ pub fn simulate(opts: &SimOptions) -> io::Result<SimSummary> {
         *sum.by_modality.entry(modality.to_string()).or_default() += 1;
         seq += 1;
         if opts.progress && (seq % 50 == 0 || seq == total) {
-            eprint!("\rsimulated {seq}/{total} records, {:.1} MiB", sum.bytes as f64 / 1048576.0);
+            eprint!(
+                "\rsimulated {seq}/{total} records, {:.1} MiB",
+                sum.bytes as f64 / 1048576.0
+            );
         }
     }
     if opts.progress {
@@ -410,7 +469,15 @@ pub fn simulate(opts: &SimOptions) -> io::Result<SimSummary> {
 
 /// A complete `exportd.toml` for a simulated spool: one folder target, one
 /// policy taking everything, the simulated users.
-pub fn config_toml(agent_id: &str, spool: &Path, state: &Path, keys: &Path, target: &Path, users_n: usize, decrypt: bool) -> String {
+pub fn config_toml(
+    agent_id: &str,
+    spool: &Path,
+    state: &Path,
+    keys: &Path,
+    target: &Path,
+    users_n: usize,
+    decrypt: bool,
+) -> String {
     let mut s = format!(
         "agent_id = \"{agent_id}\"\nspool = [\"{}\"]\nstate_dir = \"{}\"\nkeys_dir = \"{}\"\nincomplete_grace_s = 30\n\n[[targets]]\nid = \"archive\"\nkind = \"fs\"\npath = \"{}\"\n\n[[policies]]\nid = \"p-all\"\nname = \"Everything to the archive\"\ntargets = [\"archive\"]\nsettings = {{ decrypt = {decrypt}, im_attachments = true }}\n\n",
         spool.display(),

@@ -144,7 +144,11 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 pub fn compile(model: &Model) -> Result<Vec<u8>, SnapshotError> {
     let errs = model.validate();
     if let Some(e) = errs.first() {
-        return Err(SnapshotError::Invalid(format!("{} ({} problems)", e, errs.len())));
+        return Err(SnapshotError::Invalid(format!(
+            "{} ({} problems)",
+            e,
+            errs.len()
+        )));
     }
     let header = serde_json::to_vec(&Header {
         version: model.version,
@@ -163,9 +167,15 @@ pub fn compile(model: &Model) -> Result<Vec<u8>, SnapshotError> {
                 let _ = policies.push(i as u16);
             }
         }
-        let rec = UserRec { id: &u.id, name: &u.name, email: &u.email, policies };
+        let rec = UserRec {
+            id: &u.id,
+            name: &u.name,
+            email: &u.email,
+            policies,
+        };
         user_offs.push(blob.len() as u32);
-        let bytes = postcard::to_allocvec(&rec).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let bytes =
+            postcard::to_allocvec(&rec).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         blob.extend_from_slice(&bytes);
         for x in &u.extensions {
             let n = normalize_extension(x);
@@ -175,14 +185,19 @@ pub fn compile(model: &Model) -> Result<Vec<u8>, SnapshotError> {
     exts.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.3.cmp(&b.3)));
     for e in exts.iter_mut() {
         e.2 = blob.len() as u32;
-        let bytes = postcard::to_allocvec(e.3.as_str()).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let bytes = postcard::to_allocvec(e.3.as_str())
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         blob.extend_from_slice(&bytes);
     }
     if blob.len() > u32::MAX as usize {
-        return Err(SnapshotError::Invalid("model too large for a snapshot".into()));
+        return Err(SnapshotError::Invalid(
+            "model too large for a snapshot".into(),
+        ));
     }
 
-    let mut out = Vec::with_capacity(FIXED + header.len() + exts.len() * 16 + user_offs.len() * 4 + blob.len() + 4);
+    let mut out = Vec::with_capacity(
+        FIXED + header.len() + exts.len() * 16 + user_offs.len() * 4 + blob.len() + 4,
+    );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&(exts.len() as u32).to_le_bytes());
@@ -233,7 +248,10 @@ fn map_file(f: &std::fs::File) -> io::Result<memmap2::Mmap> {
 impl Snapshot {
     /// Opens a snapshot file with a memory map.
     pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
+        let io = |source| SnapshotError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let f = std::fs::File::open(path).map_err(io)?;
         let map = map_file(&f).map_err(io)?;
         Snapshot::from_backing(Backing::Map(map))
@@ -262,8 +280,9 @@ impl Snapshot {
         if crc32fast::hash(&b[FIXED..]) != crc {
             return Err(bad("checksum mismatch"));
         }
-        let header: Header = serde_json::from_slice(b.get(FIXED..FIXED + hl).ok_or_else(|| bad("header"))?)
-            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let header: Header =
+            serde_json::from_slice(b.get(FIXED..FIXED + hl).ok_or_else(|| bad("header"))?)
+                .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         let ext_at = (FIXED + hl).div_ceil(4) * 4;
         let users_at = ext_at + n_ext * 16;
         let blob_at = users_at + n_users * 4;
@@ -273,7 +292,10 @@ impl Snapshot {
         let mut policies = Vec::with_capacity(header.policies.len());
         for p in header.policies {
             let template = Template::parse(
-                p.settings.path_template.as_deref().unwrap_or(crate::layout::DEFAULT_TEMPLATE),
+                p.settings
+                    .path_template
+                    .as_deref()
+                    .unwrap_or(crate::layout::DEFAULT_TEMPLATE),
             )
             .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
             let targets = p
@@ -281,7 +303,11 @@ impl Snapshot {
                 .iter()
                 .filter_map(|t| header.targets.iter().position(|x| &x.id == t))
                 .collect();
-            policies.push(CompiledPolicy { policy: p, template, targets });
+            policies.push(CompiledPolicy {
+                policy: p,
+                template,
+                targets,
+            });
         }
         Ok(Snapshot {
             data,
@@ -329,7 +355,12 @@ impl Snapshot {
         let b = self.data.bytes();
         let off = u32_at(b, self.users_at + i * 4)? as usize;
         let rec: UserRec<'_> = postcard::from_bytes(b.get(self.blob_at + off..)?).ok()?;
-        Some(UserView { id: rec.id, name: rec.name, email: rec.email, policies: rec.policies })
+        Some(UserView {
+            id: rec.id,
+            name: rec.name,
+            email: rec.email,
+            policies: rec.policies,
+        })
     }
 
     fn ext_str(&self, off: usize) -> Option<&str> {
@@ -442,7 +473,10 @@ mod tests {
         let mut b = compile(&model(10)).unwrap();
         let n = b.len();
         b[n - 3] ^= 0x40;
-        assert!(matches!(Snapshot::from_bytes(b), Err(SnapshotError::Corrupt(_))));
+        assert!(matches!(
+            Snapshot::from_bytes(b),
+            Err(SnapshotError::Corrupt(_))
+        ));
         assert!(Snapshot::from_bytes(b"EXSNAP01".to_vec()).is_err());
     }
 

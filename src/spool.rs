@@ -82,7 +82,12 @@ pub fn scan(
 
 /// Like [`scan`], starting at `start` (a folder below `root`), for a folder
 /// that just appeared.
-pub fn scan_below(root: &Path, start: &Path, on_dir: &mut dyn FnMut(&Path), on_xml: &mut dyn FnMut(XmlRef)) {
+pub fn scan_below(
+    root: &Path,
+    start: &Path,
+    on_dir: &mut dyn FnMut(&Path),
+    on_xml: &mut dyn FnMut(XmlRef),
+) {
     scan_from(root, start, on_dir, on_xml, &mut |_, _| {})
 }
 
@@ -93,7 +98,10 @@ fn scan_from(
     on_xml: &mut dyn FnMut(XmlRef),
     on_error: &mut dyn FnMut(&Path, io::Error),
 ) {
-    let depth0 = start.strip_prefix(root).map(|r| r.components().count()).unwrap_or(0);
+    let depth0 = start
+        .strip_prefix(root)
+        .map(|r| r.components().count())
+        .unwrap_or(0);
     let mut stack: Vec<(PathBuf, usize)> = vec![(start.to_path_buf(), depth0)];
     while let Some((dir, depth)) = stack.pop() {
         on_dir(&dir);
@@ -159,11 +167,19 @@ pub fn open_in_root(root_canonical: &Path, path: &Path) -> Result<File, OpenErro
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // A dangling symlink is refused rather than waited for.
             if fs::symlink_metadata(path).is_ok() {
-                return Err(OpenError::Refused { path: path.to_path_buf(), why: "a symlink that points nowhere" });
+                return Err(OpenError::Refused {
+                    path: path.to_path_buf(),
+                    why: "a symlink that points nowhere",
+                });
             }
             return Err(OpenError::Missing(path.to_path_buf()));
         }
-        Err(source) => return Err(OpenError::Io { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     if !canon.starts_with(root_canonical) {
         return Err(OpenError::Refused {
@@ -173,7 +189,12 @@ pub fn open_in_root(root_canonical: &Path, path: &Path) -> Result<File, OpenErro
     }
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
     let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
-    let open = |flags: i32| OpenOptions::new().read(true).custom_flags(flags).open(&canon);
+    let open = |flags: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&canon)
+    };
     let f = match open(nofollow | noatime) {
         // O_NOATIME is only permitted to the file's owner.
         Err(e) if e.raw_os_error() == Some(1) => open(nofollow),
@@ -181,12 +202,25 @@ pub fn open_in_root(root_canonical: &Path, path: &Path) -> Result<File, OpenErro
     };
     let f = match f {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Missing(path.to_path_buf())),
-        Err(source) => return Err(OpenError::Io { path: path.to_path_buf(), source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(OpenError::Missing(path.to_path_buf()));
+        }
+        Err(source) => {
+            return Err(OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
-    let m = f.metadata().map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+    let m = f.metadata().map_err(|source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !m.is_file() {
-        return Err(OpenError::Refused { path: path.to_path_buf(), why: "not a regular file" });
+        return Err(OpenError::Refused {
+            path: path.to_path_buf(),
+            why: "not a regular file",
+        });
     }
     Ok(f)
 }
@@ -212,15 +246,30 @@ mod tests {
         fs::write(d.join("outside"), b"secret").unwrap();
         fs::write(d.join("root/sub/in.wav"), b"ok").unwrap();
         std::os::unix::fs::symlink(d.join("outside"), d.join("root/sub/evil.wav")).unwrap();
-        std::os::unix::fs::symlink(d.join("root/sub/in.wav"), d.join("root/sub/alias.wav")).unwrap();
+        std::os::unix::fs::symlink(d.join("root/sub/in.wav"), d.join("root/sub/alias.wav"))
+            .unwrap();
         let root = fs::canonicalize(d.join("root")).unwrap();
-        assert!(matches!(open_in_root(&root, &d.join("root/sub/evil.wav")), Err(OpenError::Refused { .. })));
+        assert!(matches!(
+            open_in_root(&root, &d.join("root/sub/evil.wav")),
+            Err(OpenError::Refused { .. })
+        ));
         assert!(open_in_root(&root, &d.join("root/sub/alias.wav")).is_ok());
-        assert!(matches!(open_in_root(&root, &d.join("root/sub/none.wav")), Err(OpenError::Missing(_))));
-        assert!(matches!(open_in_root(&root, &d.join("root/sub")), Err(OpenError::Refused { .. })));
+        assert!(matches!(
+            open_in_root(&root, &d.join("root/sub/none.wav")),
+            Err(OpenError::Missing(_))
+        ));
+        assert!(matches!(
+            open_in_root(&root, &d.join("root/sub")),
+            Err(OpenError::Refused { .. })
+        ));
         let mut found = Vec::new();
         fs::write(d.join("root/sub/r.xml"), b"<recording/>").unwrap();
-        scan(&root, &mut |_| {}, &mut |x| found.push(x.rel), &mut |_, _| {});
+        scan(
+            &root,
+            &mut |_| {},
+            &mut |x| found.push(x.rel),
+            &mut |_, _| {},
+        );
         assert_eq!(found, vec!["sub/r.xml".to_string()]);
         let _ = fs::remove_dir_all(&d);
     }

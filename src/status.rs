@@ -85,7 +85,9 @@ impl Status {
     /// Reads the file, if any.
     pub fn read(state_dir: &Path) -> std::io::Result<Option<Status>> {
         match std::fs::read(state_dir.join("status.json")) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(std::io::Error::other),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

@@ -6,8 +6,19 @@
 use std::fmt;
 
 /// Milliseconds since 1970-01-01T00:00:00Z.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Timestamp(pub i64);
 
 /// A timestamp text that could not be read.
@@ -218,7 +229,11 @@ impl Timestamp {
                 if h > 23 || m > 59 {
                     return Err(err());
                 }
-                if *sign == b'+' { h * 60 + m } else { -(h * 60 + m) }
+                if *sign == b'+' {
+                    h * 60 + m
+                } else {
+                    -(h * 60 + m)
+                }
             }
             _ => return Err(err()),
         };
@@ -325,7 +340,9 @@ mod tests {
             z
         );
         assert_eq!(
-            Timestamp::parse_rfc3339("2026-11-21T10:00:00.5Z").unwrap().0,
+            Timestamp::parse_rfc3339("2026-11-21T10:00:00.5Z")
+                .unwrap()
+                .0,
             z.0 + 500
         );
         assert!(Timestamp::parse_rfc3339("2026-11-21T10:00:00").is_err());

@@ -71,10 +71,9 @@ pub fn attr(
             let v = a
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|err| match err {
-                    quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(
-                        _,
-                        ent,
-                    )) => XmlError::Entity(ent),
+                    quick_xml::Error::Escape(
+                        quick_xml::escape::EscapeError::UnrecognizedEntity(_, ent),
+                    ) => XmlError::Entity(ent),
                     other => malformed(r, other),
                 })?;
             return Ok(Some(v.into_owned()));

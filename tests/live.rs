@@ -17,7 +17,9 @@ fn config(a: &Appliance, grace: u64) -> String {
 }
 
 fn exported(a: &Appliance, id: &str) -> bool {
-    a.targets[0].join(format!("2026/11/21/u-1/{id}/{id}.xml")).exists()
+    a.targets[0]
+        .join(format!("2026/11/21/u-1/{id}/{id}.xml"))
+        .exists()
 }
 
 #[test]
@@ -42,7 +44,8 @@ fn live_arrival_nested_folders_renames_and_late_media() {
     fs::write(dir.join("late.xml"), late.xml()).unwrap();
     // The status file shows it waiting (it is flushed within a second of a change).
     wait_for(Duration::from_secs(10), || {
-        let st: serde_json::Value = serde_json::from_slice(&fs::read(a.state.join("status.json")).unwrap()).unwrap();
+        let st: serde_json::Value =
+            serde_json::from_slice(&fs::read(a.state.join("status.json")).unwrap()).unwrap();
         st["counts"]["incomplete"] == 1
     });
     assert!(!exported(&a, "late"), "must wait for the listed media");
@@ -53,7 +56,10 @@ fn live_arrival_nested_folders_renames_and_late_media() {
     }
     fs::rename(dir.join("late.wav.part"), dir.join("late.wav")).unwrap();
     wait_for(Duration::from_secs(20), || exported(&a, "late"));
-    assert_eq!(fs::read(a.targets[0].join("2026/11/21/u-1/late/late.wav")).unwrap(), b"RIFF audio of late");
+    assert_eq!(
+        fs::read(a.targets[0].join("2026/11/21/u-1/late/late.wav")).unwrap(),
+        b"RIFF audio of late"
+    );
 
     // Temp names are ignored.
     fs::write(dir.join(".hidden.xml"), Rec::voice("hidden", "100").xml()).unwrap();
@@ -79,13 +85,19 @@ fn sighup_reload_swaps_the_model() {
     d.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));
     Rec::voice("after-reload", "200").write(&a.spool.join("a"));
-    wait_for(Duration::from_secs(20), || a.targets[0].join("2026/11/21/u-2/after-reload/after-reload.xml").exists());
+    wait_for(Duration::from_secs(20), || {
+        a.targets[0]
+            .join("2026/11/21/u-2/after-reload/after-reload.xml")
+            .exists()
+    });
     // An invalid config on reload is refused; the model in force stays.
     fs::write(&a.config, "agent_id = \"\"\n").unwrap();
     d.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     Rec::voice("still", "200").write(&a.spool.join("a"));
-    wait_for(Duration::from_secs(20), || a.targets[0].join("2026/11/21/u-2/still/still.xml").exists());
+    wait_for(Duration::from_secs(20), || {
+        a.targets[0].join("2026/11/21/u-2/still/still.xml").exists()
+    });
     let (code, _) = d.stop();
     assert_eq!(code, 0);
 }

@@ -27,14 +27,21 @@ settings = { path_template = "{modality}/{platform}/{yyyy}{mm}{dd}{hh}/{user_id}
 
 "#,
     );
-    c.push_str(&user("u-1", &["+12125550100", "sip:ann@corp.example", "TRD-0042"], &["p-voice", "p-all"]));
+    c.push_str(&user(
+        "u-1",
+        &["+12125550100", "sip:ann@corp.example", "TRD-0042"],
+        &["p-voice", "p-all"],
+    ));
     c.push_str(&user("u-2", &["+12125550111"], &[]));
     c
 }
 
 /// The sha256sum-style listing digest of a folder, computed independently.
 fn folder_sha(dir: &std::path::Path) -> String {
-    let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     let mut listing = String::new();
     for n in names {
@@ -51,7 +58,8 @@ fn every_modality_filter_and_layout() {
     let day = a.spool.join("2026/11/21");
 
     let mut r1 = Rec::voice("r1", "+1 (212) 555-0100");
-    r1.files.push(("transcript".into(), "r1.vtr".into(), b"WEBVTT\n".to_vec()));
+    r1.files
+        .push(("transcript".into(), "r1.vtr".into(), b"WEBVTT\n".to_vec()));
     r1.write(&day);
     let mut r2 = Rec::voice("r2", "tel:+1-212-555-0100");
     r2.secondary = true;
@@ -82,7 +90,11 @@ fn every_modality_filter_and_layout() {
         let mut r = Rec::voice(id, "mailto:ann@corp.example");
         r.modality = m.into();
         r.platform = p.into();
-        r.files = vec![("media".into(), f.into(), format!("content {id}").into_bytes())];
+        r.files = vec![(
+            "media".into(),
+            f.into(),
+            format!("content {id}").into_bytes(),
+        )];
         r.write(&day);
     }
     Rec::voice("r13", "trd-0042").write(&day); // trader ids are case-sensitive
@@ -98,9 +110,16 @@ fn every_modality_filter_and_layout() {
     // r7 (cdr_only voice) is taken too: its metadata alone.
     assert_eq!(
         files_below(&a.targets[0]),
-        vec!["2026/11/21/u-1/r1/r1.wav", "2026/11/21/u-1/r1/r1.xml", "2026/11/21/u-1/r7/r7.xml"]
+        vec![
+            "2026/11/21/u-1/r1/r1.wav",
+            "2026/11/21/u-1/r1/r1.xml",
+            "2026/11/21/u-1/r7/r7.xml"
+        ]
     );
-    assert_eq!(fs::read(a.targets[0].join("2026/11/21/u-1/r1/r1.wav")).unwrap(), b"RIFF audio of r1");
+    assert_eq!(
+        fs::read(a.targets[0].join("2026/11/21/u-1/r1/r1.wav")).unwrap(),
+        b"RIFF audio of r1"
+    );
     assert_eq!(
         fs::read_to_string(a.targets[0].join("2026/11/21/u-1/r1/r1.xml")).unwrap(),
         r1.xml(),
@@ -123,12 +142,26 @@ fn every_modality_filter_and_layout() {
     ] {
         assert!(t1.contains(&want.to_string()), "missing {want} in {t1:?}");
     }
-    assert!(!t1.iter().any(|f| f.contains("/r4/") || f.contains("/r5/") || f.contains("/r6/") || f.contains("/r13/") || f.contains("/r14/")), "{t1:?}");
-    assert!(!t1.iter().any(|f| f.contains("exportd-tmp")), "no temp files: {t1:?}");
+    assert!(
+        !t1.iter().any(|f| f.contains("/r4/")
+            || f.contains("/r5/")
+            || f.contains("/r6/")
+            || f.contains("/r13/")
+            || f.contains("/r14/")),
+        "{t1:?}"
+    );
+    assert!(
+        !t1.iter().any(|f| f.contains("exportd-tmp")),
+        "no temp files: {t1:?}"
+    );
 
     // Audit: one row per record, policy and target, for every outcome.
     let rows = a.audit_rows();
-    let find = |id: &str, pol: &str, action: &str| rows.iter().filter(|r| r[1] == id && r[6] == pol && r[10] == action).count();
+    let find = |id: &str, pol: &str, action: &str| {
+        rows.iter()
+            .filter(|r| r[1] == id && r[6] == pol && r[10] == action)
+            .count()
+    };
     assert_eq!(find("r1", "p-voice", "export"), 1);
     assert_eq!(find("r1", "p-all", "export"), 1);
     assert_eq!(find("r2", "p-voice", "skip"), 1);
@@ -139,17 +172,24 @@ fn every_modality_filter_and_layout() {
     assert_eq!(find("r6", "", "skip"), 1);
     assert_eq!(find("r13", "", "skip"), 1);
     assert_eq!(find("r14", "", "skip"), 1);
-    let code = |id: &str, pol: &str| rows.iter().find(|r| r[1] == id && r[6] == pol).unwrap()[11].clone();
+    let code =
+        |id: &str, pol: &str| rows.iter().find(|r| r[1] == id && r[6] == pol).unwrap()[11].clone();
     assert_eq!(code("r2", "p-voice"), "filter_source_2n");
     assert_eq!(code("r3", "p-voice"), "filter_conversation_type");
     assert_eq!(code("r4", ""), "imported");
     assert_eq!(code("r5", ""), "bt_its");
     assert_eq!(code("r6", ""), "no_user");
     assert_eq!(code("r14", ""), "no_policy");
-    let r1v = rows.iter().find(|r| r[1] == "r1" && r[6] == "p-voice").unwrap();
+    let r1v = rows
+        .iter()
+        .find(|r| r[1] == "r1" && r[6] == "p-voice")
+        .unwrap();
     assert_eq!(r1v[2], "N-r1");
     assert_eq!(r1v[3], "2");
-    assert_eq!(r1v[4], (b"RIFF audio of r1".len() + r1.xml().len()).to_string());
+    assert_eq!(
+        r1v[4],
+        (b"RIFF audio of r1".len() + r1.xml().len()).to_string()
+    );
     assert_eq!(r1v[5], day.display().to_string());
     assert_eq!(r1v[7], "Trader voice to NAS");
     assert_eq!(r1v[8], "fs");
@@ -173,7 +213,10 @@ fn dual_targets_both_hold_the_record() {
     Rec::voice("d1", "100").write(&a.spool.join("x"));
     assert_eq!(a.run_until_idle().status.code(), Some(0));
     for t in &a.targets {
-        assert_eq!(files_below(t), vec!["2026/11/21/u-1/d1/d1.wav", "2026/11/21/u-1/d1/d1.xml"]);
+        assert_eq!(
+            files_below(t),
+            vec!["2026/11/21/u-1/d1/d1.wav", "2026/11/21/u-1/d1/d1.xml"]
+        );
     }
     let rows = a.rows_with("export");
     assert_eq!(rows.len(), 2);
@@ -195,8 +238,18 @@ fn bad_input_is_an_error_row_and_the_rest_goes_on() {
 
     fs::write(d.join("malformed.xml"), "<recording><id>x</id>").unwrap();
     let good = Rec::voice("good", "100");
-    fs::write(d.join("missing-field.xml"), good.xml().replace("<location>rec01</location>", "")).unwrap();
-    fs::write(d.join("modality.xml"), good.xml().replace(">voice<", ">hologram<").replace(">good<", ">g2<")).unwrap();
+    fs::write(
+        d.join("missing-field.xml"),
+        good.xml().replace("<location>rec01</location>", ""),
+    )
+    .unwrap();
+    fs::write(
+        d.join("modality.xml"),
+        good.xml()
+            .replace(">voice<", ">hologram<")
+            .replace(">good<", ">g2<"),
+    )
+    .unwrap();
     let mut bytes = good.xml().into_bytes();
     let at = bytes.len() - 30;
     bytes[at] = 0xff;
@@ -206,7 +259,11 @@ fn bad_input_is_an_error_row_and_the_rest_goes_on() {
     trav.files = vec![("media".into(), "../../secret".into(), Vec::new())];
     fs::write(d.join("trav.xml"), trav.xml()).unwrap();
     let mut abs = Rec::voice("abs", "100");
-    abs.files = vec![("media".into(), a.dir.path().join("secret").display().to_string(), Vec::new())];
+    abs.files = vec![(
+        "media".into(),
+        a.dir.path().join("secret").display().to_string(),
+        Vec::new(),
+    )];
     fs::write(d.join("abs.xml"), abs.xml()).unwrap();
     let mut link = Rec::voice("link", "100");
     link.files = vec![("media".into(), "link.wav".into(), Vec::new())];
@@ -218,18 +275,46 @@ fn bad_input_is_an_error_row_and_the_rest_goes_on() {
     let out = a.run_until_idle();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    for name in ["malformed.xml", "missing-field.xml", "modality.xml", "not-utf8.xml", "entity.xml", "trav.xml", "abs.xml", "link.xml"] {
+    for name in [
+        "malformed.xml",
+        "missing-field.xml",
+        "modality.xml",
+        "not-utf8.xml",
+        "entity.xml",
+        "trav.xml",
+        "abs.xml",
+        "link.xml",
+    ] {
         assert!(stderr.contains(name), "stderr must name {name}: {stderr}");
     }
-    assert_eq!(files_below(&a.targets[0]), vec!["2026/11/21/u-1/good/good.wav", "2026/11/21/u-1/good/good.xml"]);
+    assert_eq!(
+        files_below(&a.targets[0]),
+        vec![
+            "2026/11/21/u-1/good/good.wav",
+            "2026/11/21/u-1/good/good.xml"
+        ]
+    );
     let errors = a.rows_with("error");
     assert_eq!(errors.len(), 8, "{errors:?}");
-    let all = a.audit_rows().iter().map(|r| r.join(";")).collect::<Vec<_>>().join("\n");
-    assert!(!all.contains("root:x"), "nothing outside the record is read");
+    let all = a
+        .audit_rows()
+        .iter()
+        .map(|r| r.join(";"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !all.contains("root:x"),
+        "nothing outside the record is read"
+    );
     for r in &errors {
         assert!(!r[12].is_empty(), "an error row says why: {r:?}");
     }
-    assert!(errors.iter().any(|r| r[11] == "unsafe_path" && r[1] == "link"), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|r| r[11] == "unsafe_path" && r[1] == "link"),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -245,7 +330,10 @@ fn missing_file_is_waited_for_then_reported_then_exported_when_it_appears() {
     fs::write(d.join("late.xml"), r.xml()).unwrap();
     let t0 = std::time::Instant::now();
     let out = a.run_until_idle();
-    assert!(t0.elapsed() >= std::time::Duration::from_millis(900), "the grace is waited for");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(900),
+        "the grace is waited for"
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("late.wav"));
     let e = a.rows_with("error");
@@ -254,7 +342,10 @@ fn missing_file_is_waited_for_then_reported_then_exported_when_it_appears() {
     assert!(files_below(&a.targets[0]).is_empty());
     fs::write(d.join("late.wav"), b"finally").unwrap();
     assert_eq!(a.run_until_idle().status.code(), Some(0));
-    assert_eq!(fs::read(a.targets[0].join("2026/11/21/u-1/late/late.wav")).unwrap(), b"finally");
+    assert_eq!(
+        fs::read(a.targets[0].join("2026/11/21/u-1/late/late.wav")).unwrap(),
+        b"finally"
+    );
 }
 
 #[test]
@@ -270,8 +361,14 @@ fn a_final_name_is_never_overwritten() {
     Rec::voice("dup", "100").write(&a.spool.join("a"));
     let out = a.run_until_idle();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(fs::read(folder.join("dup.wav")).unwrap(), b"somebody else's bytes");
-    assert!(!folder.join("dup.xml").exists(), "an incomplete folder has no metadata XML");
+    assert_eq!(
+        fs::read(folder.join("dup.wav")).unwrap(),
+        b"somebody else's bytes"
+    );
+    assert!(
+        !folder.join("dup.xml").exists(),
+        "an incomplete folder has no metadata XML"
+    );
     let e = a.rows_with("error");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0][11], "conflict");
@@ -299,8 +396,18 @@ fn audit_verify_detects_a_one_byte_tamper() {
     }
     assert_eq!(a.run_until_idle().status.code(), Some(0));
     let ok = a.cmd(&["audit", "verify"]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
-    let f = fs::read_dir(a.state.join("audit")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let f = fs::read_dir(a.state.join("audit"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut b = fs::read(&f).unwrap();
     let text = String::from_utf8(b.clone()).unwrap();
     let third_line = text.lines().take(3).map(|l| l.len() + 1).sum::<usize>() + 30;
@@ -309,7 +416,10 @@ fn audit_verify_detects_a_one_byte_tamper() {
     let bad = a.cmd(&["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&bad.stderr);
-    assert!(msg.contains(&format!("{}:4", f.display())), "names file and line: {msg}");
+    assert!(
+        msg.contains(&format!("{}:4", f.display())),
+        "names file and line: {msg}"
+    );
 }
 
 #[test]
@@ -323,11 +433,19 @@ fn check_config_reports_every_problem() {
     let out = a.cmd(&["check-config"]);
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("unknown target") && e.contains("bogus") && e.contains("assigned to both"), "{e}");
+    assert!(
+        e.contains("unknown target") && e.contains("bogus") && e.contains("assigned to both"),
+        "{e}"
+    );
     let mut c = a.head(1);
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
     c.push_str(&user("u-1", &["100"], &["p"]));
     a.write_config(&c);
     let out = a.cmd(&["check-config"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

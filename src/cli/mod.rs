@@ -115,7 +115,9 @@ fn is_word(v: &OsString) -> bool {
 }
 
 fn config(a: &Args) -> Result<PathBuf> {
-    a.config.clone().context("--config FILE is required (e.g. /etc/exportd/exportd.toml)")
+    a.config
+        .clone()
+        .context("--config FILE is required (e.g. /etc/exportd/exportd.toml)")
 }
 
 fn init_logging(format: &str, default: tracing::Level) {
@@ -129,7 +131,11 @@ fn init_logging(format: &str, default: tracing::Level) {
         .with_target(false);
     let _ = match format {
         "json" => b.json().try_init(),
-        "journal" => b.without_time().with_ansi(false).with_level(true).try_init(),
+        "journal" => b
+            .without_time()
+            .with_ansi(false)
+            .with_level(true)
+            .try_init(),
         _ => b.with_ansi(false).try_init(),
     };
 }
@@ -152,14 +158,20 @@ pub fn main() -> Result<i32> {
             eprintln!("{USAGE}");
             Ok(2)
         }
-        _ => bail!("unknown command {:?}; see `exportd --help`", a.cmd.join(" ")),
+        _ => bail!(
+            "unknown command {:?}; see `exportd --help`",
+            a.cmd.join(" ")
+        ),
     }
 }
 
 fn run(a: &Args) -> Result<i32> {
     init_logging(&a.log_format, tracing::Level::INFO);
     let cfg = config(a)?;
-    let opts = exportd::agent::RunOptions { until_idle: a.until_idle, ..Default::default() };
+    let opts = exportd::agent::RunOptions {
+        until_idle: a.until_idle,
+        ..Default::default()
+    };
     let sum = exportd::agent::run(&cfg, opts, plugins())?;
     if a.until_idle {
         for f in &sum.failures {
@@ -167,7 +179,10 @@ fn run(a: &Args) -> Result<i32> {
         }
         eprintln!(
             "exportd: {} records: {} exported, {} skipped, {} failed",
-            sum.counts.seen, sum.counts.exported, sum.counts.skipped, sum.failures.len()
+            sum.counts.seen,
+            sum.counts.exported,
+            sum.counts.skipped,
+            sum.failures.len()
         );
         return Ok(if sum.failures.is_empty() { 0 } else { 1 });
     }
@@ -182,13 +197,20 @@ fn check_config(a: &Args) -> Result<i32> {
             let snap = exportd::snapshot::Snapshot::from_model(&m)?;
             for s in &cfg.spool {
                 if !s.is_dir() {
-                    eprintln!("exportd: warning: spool root {} does not exist yet", s.display());
+                    eprintln!(
+                        "exportd: warning: spool root {} does not exist yet",
+                        s.display()
+                    );
                 }
             }
             for t in snap.targets() {
                 if let Some(p) = &t.path {
                     if !p.is_dir() {
-                        eprintln!("exportd: warning: target {:?} root {} does not exist (is it mounted?)", t.id, p.display());
+                        eprintln!(
+                            "exportd: warning: target {:?} root {} does not exist (is it mounted?)",
+                            t.id,
+                            p.display()
+                        );
                     }
                 }
             }
@@ -229,16 +251,36 @@ fn status(a: &Args) -> Result<i32> {
         return Ok(0);
     }
     match &st {
-        None => println!("agent {}: no status yet (the daemon has not run with this state_dir)", cfg.agent_id),
+        None => println!(
+            "agent {}: no status yet (the daemon has not run with this state_dir)",
+            cfg.agent_id
+        ),
         Some(s) => {
-            let alive = s.state == "running" && std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
-            println!("agent:          {} ({})", s.agent_id, if alive { format!("running, pid {}", s.pid) } else { "not running".into() });
+            let alive =
+                s.state == "running" && std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+            println!(
+                "agent:          {} ({})",
+                s.agent_id,
+                if alive {
+                    format!("running, pid {}", s.pid)
+                } else {
+                    "not running".into()
+                }
+            );
             println!("updated:        {}", s.updated_at);
             println!("model version:  {}", s.model_version);
-            println!("backlog:        {} (retrying {}, blocked {})", s.backlog, s.retrying, s.blocked);
+            println!(
+                "backlog:        {} (retrying {}, blocked {})",
+                s.backlog, s.retrying, s.blocked
+            );
             println!(
                 "since start:    seen {}, exported {}, skipped {}, failed {}, incomplete {}, {} bytes",
-                s.counts.seen, s.counts.exported, s.counts.skipped, s.counts.failed, s.counts.incomplete, s.counts.bytes
+                s.counts.seen,
+                s.counts.exported,
+                s.counts.skipped,
+                s.counts.failed,
+                s.counts.incomplete,
+                s.counts.bytes
             );
             for (k, v) in &s.exported_by_policy_target {
                 println!("  exported {k}: {v}");
@@ -260,7 +302,10 @@ fn status(a: &Args) -> Result<i32> {
             }
         }
     }
-    println!("journal:        {} records known ({exp} exported, {skip} skipped, {rej} rejected)", journal.len());
+    println!(
+        "journal:        {} records known ({exp} exported, {skip} skipped, {rej} rejected)",
+        journal.len()
+    );
     Ok(0)
 }
 
@@ -269,7 +314,10 @@ fn audit_verify(a: &Args) -> Result<i32> {
     let cfg = exportd::config::LocalConfig::load(&path)?;
     match exportd::audit::verify(&cfg.state_dir) {
         Ok(r) => {
-            println!("audit log OK: {} files, {} rows, last hash {}", r.files, r.rows, r.last_hash);
+            println!(
+                "audit log OK: {} files, {} rows, last hash {}",
+                r.files, r.rows, r.last_hash
+            );
             Ok(0)
         }
         Err(e) => {
@@ -303,8 +351,17 @@ fn simulate(a: &Args) -> Result<i32> {
     let s = exportd::simulate::simulate(&opts)
         .with_context(|| format!("writing records into {}", opts.spool.display()))?;
     if !a.quiet {
-        let m: Vec<String> = s.by_modality.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        eprintln!("simulated {} records ({}), {} content bytes", s.records, m.join(", "), s.bytes);
+        let m: Vec<String> = s
+            .by_modality
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        eprintln!(
+            "simulated {} records ({}), {} content bytes",
+            s.records,
+            m.join(", "),
+            s.bytes
+        );
     }
     Ok(0)
 }

@@ -42,8 +42,12 @@ impl FsTarget {
 
     fn io_err(&self, what: &str, path: &Path, e: io::Error) -> TargetError {
         let hint = match e.raw_os_error() {
-            Some(28) => " (target is full: free space or grow the volume; the backlog drains by itself)",
-            Some(30) => " (target is read-only: remount it read-write; the backlog drains by itself)",
+            Some(28) => {
+                " (target is full: free space or grow the volume; the backlog drains by itself)"
+            }
+            Some(30) => {
+                " (target is read-only: remount it read-write; the backlog drains by itself)"
+            }
             Some(13) | Some(1) => " (permission denied: give the exportd user write access)",
             _ => "",
         };
@@ -291,7 +295,11 @@ mod tests {
     fn put_is_atomic_and_never_overwrites() {
         let d = tempdir();
         let t = target(&d);
-        let req = PutRequest { folder: "a/b", name: "x.wav", want_sha512: true };
+        let req = PutRequest {
+            folder: "a/b",
+            name: "x.wav",
+            want_sha512: true,
+        };
         let r = t.put(&req, &BytesSource(b"hello")).unwrap();
         assert!(!r.already_present);
         assert_eq!(r.bytes, 5);
@@ -302,7 +310,10 @@ mod tests {
         let err = t.put(&req, &BytesSource(b"other")).unwrap_err();
         assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
         assert_eq!(fs::read(d.join("a/b/x.wav")).unwrap(), b"hello");
-        let names: Vec<_> = fs::read_dir(d.join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -310,7 +321,11 @@ mod tests {
     fn failing_source_leaves_nothing() {
         let d = tempdir();
         let t = target(&d);
-        let req = PutRequest { folder: "f", name: "y.wav", want_sha512: false };
+        let req = PutRequest {
+            folder: "f",
+            name: "y.wav",
+            want_sha512: false,
+        };
         assert!(matches!(t.put(&req, &Failing), Err(TargetError::Source(_))));
         assert_eq!(fs::read_dir(d.join("f")).unwrap().count(), 0);
     }
@@ -319,8 +334,15 @@ mod tests {
     fn missing_root_is_not_created() {
         let d = tempdir().join("unmounted");
         let t = target(&d);
-        let req = PutRequest { folder: "f", name: "y", want_sha512: false };
-        assert!(matches!(t.put(&req, &BytesSource(b"1")), Err(TargetError::Transient(_))));
+        let req = PutRequest {
+            folder: "f",
+            name: "y",
+            want_sha512: false,
+        };
+        assert!(matches!(
+            t.put(&req, &BytesSource(b"1")),
+            Err(TargetError::Transient(_))
+        ));
         assert!(!d.exists());
     }
 

@@ -7,6 +7,7 @@ use std::io::{self, Read};
 use crate::model::{TargetKind, TargetSpec};
 
 pub mod fs;
+pub mod s3;
 
 /// Something a target can read (once or several times: an S3 upload first
 /// hashes, then sends). Each [`Source::open`] starts from the beginning.
@@ -60,7 +61,9 @@ pub struct PutReceipt {
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// The final name exists with different bytes; nothing was changed.
-    #[error("{location} already exists with different content (sha256 {existing}); it is never overwritten; check for a duplicate record id")]
+    #[error(
+        "{location} already exists with different content (sha256 {existing}); it is never overwritten; check for a duplicate record id"
+    )]
     Conflict {
         /// Where.
         location: String,

@@ -29,18 +29,30 @@ pub struct Appliance {
 impl Appliance {
     /// Creates folders; `n_targets` folder targets named t0, t1, ...
     pub fn new(n_targets: usize) -> Appliance {
-        let dir = tempfile::Builder::new().prefix("exportd-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("exportd-it-")
+            .tempdir()
+            .unwrap();
         let spool = dir.path().join("spool");
         let state = dir.path().join("state");
         let keys = dir.path().join("keys");
         fs::create_dir_all(&spool).unwrap();
         fs::create_dir_all(&keys).unwrap();
-        let targets: Vec<PathBuf> = (0..n_targets).map(|i| dir.path().join(format!("t{i}"))).collect();
+        let targets: Vec<PathBuf> = (0..n_targets)
+            .map(|i| dir.path().join(format!("t{i}")))
+            .collect();
         for t in &targets {
             fs::create_dir_all(t).unwrap();
         }
         let config = dir.path().join("exportd.toml");
-        Appliance { dir, spool, state, keys, targets, config }
+        Appliance {
+            dir,
+            spool,
+            state,
+            keys,
+            targets,
+            config,
+        }
     }
 
     /// The common head of a config (agent, paths, grace, targets).
@@ -52,7 +64,10 @@ impl Appliance {
             self.keys.display()
         );
         for (i, t) in self.targets.iter().enumerate() {
-            s.push_str(&format!("[[targets]]\nid = \"t{i}\"\nkind = \"fs\"\npath = \"{}\"\n\n", t.display()));
+            s.push_str(&format!(
+                "[[targets]]\nid = \"t{i}\"\nkind = \"fs\"\npath = \"{}\"\n\n",
+                t.display()
+            ));
         }
         s
     }
@@ -112,7 +127,9 @@ impl Appliance {
             .unwrap();
         let d = Daemon { child: Some(child) };
         // Ready when the status file exists.
-        wait_for(Duration::from_secs(30), || self.state.join("status.json").exists());
+        wait_for(Duration::from_secs(30), || {
+            self.state.join("status.json").exists()
+        });
         d
     }
 
@@ -138,7 +155,10 @@ impl Appliance {
 
     /// Audit rows of one action.
     pub fn rows_with(&self, action: &str) -> Vec<Vec<String>> {
-        self.audit_rows().into_iter().filter(|r| r[10] == action).collect()
+        self.audit_rows()
+            .into_iter()
+            .filter(|r| r[10] == action)
+            .collect()
     }
 }
 
@@ -152,7 +172,10 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -165,7 +188,10 @@ impl Daemon {
         self.signal("TERM");
         let c = self.child.take().unwrap();
         let out = c.wait_with_output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -213,7 +239,11 @@ impl Rec {
             imported: false,
             cdr_only: false,
             start: "2026.11.21 14:03:07.120".into(),
-            files: vec![("media".into(), format!("{id}.wav"), format!("RIFF audio of {id}").into_bytes())],
+            files: vec![(
+                "media".into(),
+                format!("{id}.wav"),
+                format!("RIFF audio of {id}").into_bytes(),
+            )],
             extra_xml: String::new(),
         }
     }
@@ -225,7 +255,17 @@ impl Rec {
         }
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<recording>\n  <id>{}</id>\n  <modality_id>{}</modality_id>\n  <source_platform>{}</source_platform>\n  <secondary>{}</secondary>\n  <imported>{}</imported>\n  <cdr_only>{}</cdr_only>\n  <native_id>N-{}</native_id>\n  <native_call_id>C-{}</native_call_id>\n  <location>rec01</location>\n  <start_time>{}</start_time>\n  <end_time>2026.11.21 14:09:00.000</end_time>\n  <recorded_extension>{}</recorded_extension>\n  <source_caller_id>+442079460958</source_caller_id>\n{}  <files>\n{files}  </files>\n</recording>\n",
-            self.id, self.modality, self.platform, self.secondary, self.imported, self.cdr_only, self.id, self.id, self.start, self.extension, self.extra_xml
+            self.id,
+            self.modality,
+            self.platform,
+            self.secondary,
+            self.imported,
+            self.cdr_only,
+            self.id,
+            self.id,
+            self.start,
+            self.extension,
+            self.extra_xml
         )
     }
 
@@ -268,8 +308,20 @@ pub fn tree_state(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u64, i64, u32)> {
             if md.is_dir() {
                 stack.push(p.clone());
             }
-            let bytes = if md.is_file() { fs::read(&p).unwrap() } else { Vec::new() };
-            m.insert(p, (bytes, md.len(), md.mtime() * 1_000_000_000 + md.mtime_nsec(), md.mode()));
+            let bytes = if md.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            m.insert(
+                p,
+                (
+                    bytes,
+                    md.len(),
+                    md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    md.mode(),
+                ),
+            );
         }
     }
     m
@@ -298,8 +350,15 @@ pub fn files_below(root: &Path) -> Vec<String> {
 pub fn user(id: &str, exts: &[&str], policies: &[&str]) -> String {
     format!(
         "[[users]]\nid = \"{id}\"\nname = \"User {id}\"\nemail = \"{id}@corp.example\"\nextensions = [{}]\npolicies = [{}]\n\n",
-        exts.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
-        policies.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ")
+        exts.iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        policies
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
