@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod layout;
 pub mod model;
 pub mod record;
