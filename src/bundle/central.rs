@@ -93,14 +93,14 @@ pub enum CentralError {
         reason: String,
     },
     /// The TLS handshake failed.
-    #[error(
-        "TLS with {url} failed: {reason}; check that [central] ca signs central's certificate (and that it names the host in url), and that client_cert/client_key are this agent's certificate as enrolled at central"
-    )]
+    #[error("TLS with {url} failed: {reason}; {hint}")]
     Tls {
         /// The request URL.
         url: String,
         /// What failed.
         reason: String,
+        /// What to check.
+        hint: &'static str,
     },
     /// Central did not answer in time.
     #[error("{url} timed out ({which}); check the network path to central")]
@@ -467,6 +467,21 @@ fn http_error(url: &str, status: u16, resp: &mut ureq::http::Response<ureq::Body
     }
 }
 
+/// What to check for a TLS failure.
+fn tls_hint(e: Option<&rustls::Error>) -> &'static str {
+    match e {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            "central's certificate is not trusted: check that [central] ca is the CA that signs central's certificate and that the certificate names the host of [central] url"
+        }
+        Some(rustls::Error::AlertReceived(_)) => {
+            "central refused the handshake: check that [central] client_cert/client_key are this agent's certificate, issued by a CA central trusts and not expired"
+        }
+        _ => {
+            "check that [central] ca signs central's certificate (naming the host in url) and that client_cert/client_key are this agent's certificate as enrolled at central"
+        }
+    }
+}
+
 /// Maps a ureq error to a typed error naming the URL.
 fn map_err(url: &str, e: ureq::Error) -> CentralError {
     let url = url.to_string();
@@ -474,10 +489,12 @@ fn map_err(url: &str, e: ureq::Error) -> CentralError {
         ureq::Error::Rustls(e) => CentralError::Tls {
             url,
             reason: e.to_string(),
+            hint: tls_hint(Some(&e)),
         },
         ureq::Error::Tls(s) => CentralError::Tls {
             url,
             reason: s.to_string(),
+            hint: tls_hint(None),
         },
         ureq::Error::Timeout(t) => CentralError::Timeout {
             url,
@@ -497,6 +514,7 @@ fn map_err(url: &str, e: ureq::Error) -> CentralError {
                 return CentralError::Tls {
                     url,
                     reason: inner.to_string(),
+                    hint: tls_hint(Some(inner)),
                 };
             }
             match io.kind() {
