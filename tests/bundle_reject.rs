@@ -301,3 +301,50 @@ fn too_large_bundle() {
     let e = apply_bytes(&big, "big.json", &anchors(), &mut st).unwrap_err();
     assert!(matches!(e, BundleError::TooLarge { .. }), "{e}");
 }
+
+#[test]
+fn too_many_signatures() {
+    let k = central();
+    let keys: Vec<(&str, &ed25519_dalek::SigningKey)> = (0..17).map(|_| ("central", &k)).collect();
+    let e = reject(&sign_config(&model_json(6), &keys));
+    assert!(matches!(e, BundleError::Malformed { .. }), "{e}");
+}
+
+/// No input makes the check panic: random mutations (byte flips,
+/// truncations, insertions) of a valid envelope are all answered with a
+/// verdict, and none is accepted unless it is the original.
+#[test]
+fn no_panic_on_mutated_input() {
+    use exportd::bundle::state::MemStore;
+    let original = sign_config(&model_json(6), &[("central", &central())])
+        .to_json_pretty()
+        .into_bytes();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..2000 {
+        let mut b = original.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() % b.len().max(1) as u64) as usize;
+            match next() % 3 {
+                0 => b[i] ^= 1 << (next() % 8),
+                1 => b.truncate(i),
+                _ => b.insert(i, (next() % 256) as u8),
+            }
+            if b.is_empty() {
+                break;
+            }
+        }
+        let mut st = BundleState::load_from(MemStore::default()).unwrap();
+        if apply_bytes(&b, "fuzz", &anchors(), &mut st).is_ok() {
+            // Only mutations outside the signed content (e.g. JSON
+            // whitespace, the keyid of an ignored signature) may pass.
+            let env = exportd::bundle::dsse::Envelope::from_json(&b).unwrap();
+            assert_eq!(env.payload_bytes().unwrap(), bytes(&model_json(6)));
+        }
+    }
+}

@@ -169,6 +169,17 @@ pub struct Rejection {
     pub at: String,
 }
 
+impl Rejection {
+    /// A rejection entry for `err` at `at` (RFC 3339, e.g.
+    /// `crate::time::Timestamp::now().rfc3339().to_string()`).
+    pub fn from_error(err: &BundleError, at: impl Into<String>) -> Rejection {
+        Rejection {
+            reason: err.one_line(),
+            at: at.into(),
+        }
+    }
+}
+
 /// Progress of one export request in a [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestProgress {

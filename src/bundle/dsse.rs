@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::BundleError;
 
+/// The most signatures an envelope may carry (bounds verification work).
+pub const MAX_SIGNATURES: usize = 16;
+
 /// A DSSE v1 envelope as exchanged on the wire.
 ///
 /// `payload` and `signatures[].sig` are base64 (standard alphabet; decoding
@@ -89,12 +92,27 @@ impl Envelope {
         let env: Envelope = serde_json::from_slice(bytes).map_err(|e| BundleError::Malformed {
             reason: format!("not a DSSE envelope JSON: {e}"),
         })?;
-        if env.signatures.is_empty() {
+        env.check_signature_count()?;
+        Ok(env)
+    }
+
+    /// Rejects an envelope without signatures or with more than
+    /// [`MAX_SIGNATURES`].
+    pub fn check_signature_count(&self) -> Result<(), BundleError> {
+        if self.signatures.is_empty() {
             return Err(BundleError::Malformed {
                 reason: "envelope has no signatures".into(),
             });
         }
-        Ok(env)
+        if self.signatures.len() > MAX_SIGNATURES {
+            return Err(BundleError::Malformed {
+                reason: format!(
+                    "envelope has {} signatures; at most {MAX_SIGNATURES} are accepted",
+                    self.signatures.len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The envelope as pretty JSON (what `exportd bundle sign` writes).

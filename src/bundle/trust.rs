@@ -218,11 +218,7 @@ impl TrustSet {
     /// from a trusted key holding the payload type's role. See the module
     /// documentation for the order in which errors are reported.
     pub fn verify(&self, env: &Envelope) -> Result<Verified, BundleError> {
-        if env.signatures.is_empty() {
-            return Err(BundleError::Malformed {
-                reason: "envelope has no signatures".into(),
-            });
-        }
+        env.check_signature_count()?;
         let (payload, checks) = self.check_signatures(env)?;
         let payload_type = PayloadType::from_media_type(&env.payload_type).ok_or_else(|| {
             BundleError::UnknownPayloadType {
