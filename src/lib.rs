@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod bundle;
 pub mod compliance;
 pub mod config;
 pub mod export;
