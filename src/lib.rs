@@ -3,3 +3,4 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view and the module map.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+pub mod age;
