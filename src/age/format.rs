@@ -148,6 +148,11 @@ fn bad_start(buf: &[u8], eof: bool) -> AgeError {
     if buf.len() < VERSION_LINE.len() && VERSION_LINE.starts_with(buf) && eof {
         return AgeError::Header("file ends inside the version line".into());
     }
+    if buf.starts_with(b"age-encryption.org/v1\r\n") {
+        return AgeError::Header(
+            "header lines end with CRLF instead of LF (was the file converted as text?)".into(),
+        );
+    }
     if buf.starts_with(b"age-encryption.org/") {
         return AgeError::Header(
             "unknown age format version (only age-encryption.org/v1 is supported)".into(),
