@@ -28,7 +28,8 @@ fn age_cli_available(test: &str) -> bool {
     if ok("age", "--version") && ok("age-keygen", "--version") {
         return true;
     }
-    let msg = "the age CLI (age, age-keygen) is not on PATH; install it with `apt-get install -y age`";
+    let msg =
+        "the age CLI (age, age-keygen) is not on PATH; install it with `apt-get install -y age`";
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: {msg}; it is required under CI=true");
     }
@@ -114,7 +115,11 @@ fn assert_payload_error(e: Option<io::Error>) {
 
 /// Offset of the first payload chunk (after the header and the 16-byte nonce).
 fn chunks_start(ct: &[u8]) -> usize {
-    let mac = ct.windows(5).position(|w| w == b"\n--- ").expect("MAC line") + 1;
+    let mac = ct
+        .windows(5)
+        .position(|w| w == b"\n--- ")
+        .expect("MAC line")
+        + 1;
     let nl = ct[mac..].iter().position(|&b| b == b'\n').unwrap();
     mac + nl + 1 + 16
 }
@@ -211,7 +216,11 @@ fn keygen_files_load_and_open_ones_are_refused() {
     let r1 = keygen(&s.path("a.key"));
     let r2 = keygen(&s.path("b.key"));
     // A file with two identities and comments, as `cat a b > c` would make.
-    let both = [fs::read(s.path("a.key")).unwrap(), fs::read(s.path("b.key")).unwrap()].concat();
+    let both = [
+        fs::read(s.path("a.key")).unwrap(),
+        fs::read(s.path("b.key")).unwrap(),
+    ]
+    .concat();
     fs::write(s.path("c.key"), both).unwrap();
     fs::set_permissions(s.path("c.key"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(s.path("b.key"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -319,13 +328,19 @@ fn tampered_age_cli_files_fail_cleanly() {
 
     // Wrong key.
     let wrong = KeyStore::from_identities(vec![Identity::generate()]);
-    assert!(matches!(Decryptor::new(&ct[..], &wrong), Err(AgeError::NoMatch)));
+    assert!(matches!(
+        Decryptor::new(&ct[..], &wrong),
+        Err(AgeError::NoMatch)
+    ));
 
     // A modified header MAC.
     let mut bad = ct.clone();
     let mac = ct.windows(4).position(|w| w == b"--- ").unwrap() + 4;
     bad[mac] = if bad[mac] == b'A' { b'B' } else { b'A' };
-    assert!(matches!(Decryptor::new(&bad[..], &keys), Err(AgeError::HeaderMac)));
+    assert!(matches!(
+        Decryptor::new(&bad[..], &keys),
+        Err(AgeError::HeaderMac)
+    ));
 
     // The CLI agrees that our tampered files are bad (sanity check of the tampering).
     fs::write(s.path("bad"), &ct[..start + 3 * ENC_CHUNK]).unwrap();

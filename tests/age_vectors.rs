@@ -134,7 +134,10 @@ fn run(body: &[u8], keys: &KeyStore) -> (Outcome, String, String) {
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) => {
                 message = e.to_string();
-                break match (e.kind(), e.get_ref().and_then(|i| i.downcast_ref::<AgeError>())) {
+                break match (
+                    e.kind(),
+                    e.get_ref().and_then(|i| i.downcast_ref::<AgeError>()),
+                ) {
                     (io::ErrorKind::InvalidData, Some(inner)) => classify(inner),
                     _ => Outcome::Other(format!("non-age read error: {e}")),
                 };
@@ -181,7 +184,12 @@ fn c2sp_age_vectors() {
     }
     let mut names: Vec<String> = fs::read_dir(&dir)
         .expect("list vectors dir")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n != "README.md" && n != "LICENSE" && !n.starts_with('.'))
         .collect();
     names.sort();
@@ -211,7 +219,10 @@ fn c2sp_age_vectors() {
             eprintln!("UNSUPPORTED {}: {reason} (expect {:?})", v.name, v.expect);
             // Whatever we do not support must still never decrypt.
             if got == Outcome::Success {
-                failures.push(format!("{}: unsupported vector decrypted successfully", v.name));
+                failures.push(format!(
+                    "{}: unsupported vector decrypted successfully",
+                    v.name
+                ));
             }
             unsupported.push(v.name.clone());
             continue;
@@ -224,9 +235,9 @@ fn c2sp_age_vectors() {
         if matches!(v.expect, Outcome::Success | Outcome::PayloadFailure) {
             match &v.payload {
                 Some(want) if *want == hash => {}
-                Some(want) => problems.push(format!(
-                    "released plaintext hash {hash} != expected {want}"
-                )),
+                Some(want) => {
+                    problems.push(format!("released plaintext hash {hash} != expected {want}"))
+                }
                 None => problems.push("vector lacks a payload hash".into()),
             }
         }
@@ -245,7 +256,11 @@ fn c2sp_age_vectors() {
         unsupported.len(),
         names.len()
     );
-    assert!(failures.is_empty(), "failing vectors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing vectors:\n{}",
+        failures.join("\n")
+    );
     assert!(
         passed.len() >= 90,
         "only {} vectors were checked; the suite at {} looks incomplete",

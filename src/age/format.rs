@@ -90,7 +90,9 @@ fn next_line(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
 /// Why a line could not be found: the input ended, or the buffer is too small.
 fn missing_line(eof: bool, what: &str) -> AgeError {
     if eof {
-        AgeError::Header(format!("file ends inside the header (while reading {what})"))
+        AgeError::Header(format!(
+            "file ends inside the header (while reading {what})"
+        ))
     } else {
         AgeError::Unsupported(format!(
             "age header larger than {} bytes (too many recipients?)",
@@ -190,8 +192,7 @@ fn parse_args(part: &[u8]) -> Result<Vec<String>, AgeError> {
 fn parse_body(buf: &[u8], mut pos: usize, eof: bool) -> Result<(Vec<u8>, usize), AgeError> {
     let mut body = Vec::new();
     loop {
-        let (line, next) =
-            next_line(buf, pos).ok_or_else(|| missing_line(eof, "a stanza body"))?;
+        let (line, next) = next_line(buf, pos).ok_or_else(|| missing_line(eof, "a stanza body"))?;
         if line.len() > COLUMNS {
             return Err(AgeError::Header(format!(
                 "stanza body line longer than {COLUMNS} columns"
@@ -212,7 +213,8 @@ fn parse_body(buf: &[u8], mut pos: usize, eof: bool) -> Result<(Vec<u8>, usize),
 }
 
 fn parse_mac_line(line: &[u8]) -> Result<[u8; 32], AgeError> {
-    let bad = || AgeError::Header("MAC line must be '--- ' followed by 43 base64 characters".into());
+    let bad =
+        || AgeError::Header("MAC line must be '--- ' followed by 43 base64 characters".into());
     let encoded = line.strip_prefix(b"--- ").ok_or_else(bad)?;
     if encoded.len() != 43 {
         return Err(bad());
@@ -554,14 +556,20 @@ mod tests {
             format!("-> X25519 {}\n{body32}\n", b64_encode(&[9u8; 31])),
             format!("-> X25519 {share}\n{}\n", b64_encode(&[1u8; 33])),
             format!("-> X25519 {share}\n\n"),
-            format!("-> scrypt {} 10\n{body32}\n-> X25519 {share}\n{body32}\n", b64_encode(&[0u8; 16])),
+            format!(
+                "-> scrypt {} 10\n{body32}\n-> X25519 {share}\n{body32}\n",
+                b64_encode(&[0u8; 16])
+            ),
             format!("-> scrypt {} 010\n{body32}\n", b64_encode(&[0u8; 16])),
             format!("-> scrypt {} 23\n{body32}\n", b64_encode(&[0u8; 16])),
             format!("-> scrypt {} 0\n{body32}\n", b64_encode(&[0u8; 16])),
             format!("-> scrypt {} 10\n{body32}\n", b64_encode(&[0u8; 15])),
         ] {
             assert!(
-                matches!(parse_header(&header_with(&bad), true), Err(AgeError::Header(_))),
+                matches!(
+                    parse_header(&header_with(&bad), true),
+                    Err(AgeError::Header(_))
+                ),
                 "{bad}"
             );
         }
@@ -581,7 +589,16 @@ mod tests {
         assert_eq!(parse_work_factor("1").unwrap(), 1);
         assert_eq!(parse_work_factor("22").unwrap(), 22);
         for bad in [
-            "", "0", "23", "010", "+10", "-10", "0xa", "10a", "a10", "99999999999999999999",
+            "",
+            "0",
+            "23",
+            "010",
+            "+10",
+            "-10",
+            "0xa",
+            "10a",
+            "a10",
+            "99999999999999999999",
         ] {
             assert!(parse_work_factor(bad).is_err(), "{bad}");
         }

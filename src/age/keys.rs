@@ -246,7 +246,12 @@ pub struct KeyFileError {
 
 impl fmt::Display for KeyFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "refusing key file {}: {}", self.path.display(), self.reason)
+        write!(
+            f,
+            "refusing key file {}: {}",
+            self.path.display(),
+            self.reason
+        )
     }
 }
 
@@ -298,7 +303,9 @@ impl KeyStore {
             Err(e) => {
                 errors.push(KeyFileError {
                     path: dir.to_path_buf(),
-                    reason: format!("cannot list key directory: {e}; check that it is a readable directory"),
+                    reason: format!(
+                        "cannot list key directory: {e}; check that it is a readable directory"
+                    ),
                 });
                 return (store, errors);
             }
@@ -399,7 +406,11 @@ fn load_file(path: &Path) -> Result<Option<Vec<Identity>>, String> {
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         let mut what = Vec::new();
-        for (mask, word) in [(0o044, "readable"), (0o022, "writable"), (0o011, "executable")] {
+        for (mask, word) in [
+            (0o044, "readable"),
+            (0o022, "writable"),
+            (0o011, "executable"),
+        ] {
             if mode & mask != 0 {
                 what.push(word);
             }
@@ -439,9 +450,7 @@ fn load_file(path: &Path) -> Result<Option<Vec<Identity>>, String> {
         }
     }
     if ids.is_empty() {
-        return Err(
-            "it holds no AGE-SECRET-KEY-1 identity; remove it or add the identity".into(),
-        );
+        return Err("it holds no AGE-SECRET-KEY-1 identity; remove it or add the identity".into());
     }
     Ok(Some(ids))
 }
@@ -513,7 +522,10 @@ mod tests {
         let share = format::b64_decode(args[1].as_bytes()).unwrap();
         let share: [u8; 32] = share.try_into().unwrap();
         let body: [u8; 32] = body.try_into().unwrap();
-        assert_eq!(*id.unwrap_x25519(&share, &body).unwrap().unwrap(), [0x42; 16]);
+        assert_eq!(
+            *id.unwrap_x25519(&share, &body).unwrap().unwrap(),
+            [0x42; 16]
+        );
         assert!(other.unwrap_x25519(&share, &body).unwrap().is_none());
         assert!(matches!(
             id.unwrap_x25519(&[0u8; 32], &body),
@@ -554,21 +566,38 @@ mod tests {
         };
         write(
             "a.key",
-            &format!("# created: now\n# public key: {}\n\n{}\r\n  {}  \n", a.recipient(), *a.to_bech32(), *b.to_bech32()),
+            &format!(
+                "# created: now\n# public key: {}\n\n{}\r\n  {}  \n",
+                a.recipient(),
+                *a.to_bech32(),
+                *b.to_bech32()
+            ),
             0o600,
         );
         let open_secret = Identity::generate().to_bech32();
         let broken_secret = Identity::generate().to_bech32();
         write("open.key", &format!("{}\n", *open_secret), 0o644);
-        write("broken.key", &format!("{}\nnot a key\n", *broken_secret), 0o400);
+        write(
+            "broken.key",
+            &format!("{}\nnot a key\n", *broken_secret),
+            0o400,
+        );
         write("empty.key", "# nothing\n", 0o600);
         fs::create_dir_all(dir.join("subdir")).unwrap();
         let (store, errs) = KeyStore::load_dir(&dir);
         assert_eq!(store.len(), 2);
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 3, "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("open.key: mode 0644 is readable") && m.contains("chmod 600")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("broken.key") && m.contains("line 2")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("open.key: mode 0644 is readable") && m.contains("chmod 600")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("broken.key") && m.contains("line 2")),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.contains("empty.key")), "{msgs:?}");
         for secret in [&open_secret, &broken_secret] {
             assert!(msgs.iter().all(|m| !m.contains(&secret[15..])), "{msgs:?}");

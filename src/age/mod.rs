@@ -41,7 +41,9 @@ pub use stream::{Decryptor, Encryptor};
 #[derive(thiserror::Error, Debug)]
 pub enum AgeError {
     /// The header could not be parsed, or a recipient stanza is invalid.
-    #[error("malformed age header: {0}; the file is corrupted or was not written by an age v1 encryptor")]
+    #[error(
+        "malformed age header: {0}; the file is corrupted or was not written by an age v1 encryptor"
+    )]
     Header(String),
     /// The header parsed, but none of the identities unwraps any stanza.
     #[error(

@@ -6,9 +6,9 @@ use std::io::{self, Read, Write};
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit};
 use zeroize::Zeroizing;
 
+use super::AgeError;
 use super::format::{self, FILE_KEY_LEN, FileKey};
 use super::keys::{KeyStore, Recipient};
-use super::AgeError;
 
 /// Plaintext bytes per chunk.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -196,8 +196,9 @@ impl<R: Read> Decryptor<R> {
             if self.open(ENC_CHUNK, true) {
                 // An authentic final chunk, followed by data that must not be there.
                 self.have = 0;
-                self.state =
-                    State::Failed("unexpected data after the final chunk (trailing garbage)".into());
+                self.state = State::Failed(
+                    "unexpected data after the final chunk (trailing garbage)".into(),
+                );
                 return Ok(self.release(ENC_CHUNK));
             }
             return Ok(Err(format!(
@@ -489,7 +490,14 @@ mod tests {
         let data = plaintext(CHUNK + 5);
         let ct = encrypt(&id, &data, 777);
         let keys = KeyStore::from_identities(vec![id]);
-        let d = Decryptor::new(Trickle { data: &ct, tick: false }, &keys).unwrap();
+        let d = Decryptor::new(
+            Trickle {
+                data: &ct,
+                tick: false,
+            },
+            &keys,
+        )
+        .unwrap();
         let (out, err) = drain(d);
         assert!(err.is_none());
         assert_eq!(out, data);
@@ -556,15 +564,30 @@ mod tests {
         let ct = encrypt(&id, b"hello", 10);
         let keys = KeyStore::from_identities(vec![id]);
         let other = KeyStore::from_identities(vec![Identity::generate()]);
-        assert!(matches!(Decryptor::new(&ct[..], &other), Err(AgeError::NoMatch)));
-        assert!(matches!(Decryptor::new(&ct[..], &KeyStore::empty()), Err(AgeError::NoMatch)));
+        assert!(matches!(
+            Decryptor::new(&ct[..], &other),
+            Err(AgeError::NoMatch)
+        ));
+        assert!(matches!(
+            Decryptor::new(&ct[..], &KeyStore::empty()),
+            Err(AgeError::NoMatch)
+        ));
         let mac_at = ct.windows(4).position(|w| w == b"--- ").unwrap() + 4;
         let mut bad = ct.clone();
         // Change the MAC's first character to another valid, canonical one.
         bad[mac_at] = if bad[mac_at] == b'A' { b'B' } else { b'A' };
-        assert!(matches!(Decryptor::new(&bad[..], &keys), Err(AgeError::HeaderMac)));
-        assert!(matches!(Decryptor::new(&b"hello"[..], &keys), Err(AgeError::Header(_))));
-        assert!(matches!(Decryptor::new(&b""[..], &keys), Err(AgeError::Header(_))));
+        assert!(matches!(
+            Decryptor::new(&bad[..], &keys),
+            Err(AgeError::HeaderMac)
+        ));
+        assert!(matches!(
+            Decryptor::new(&b"hello"[..], &keys),
+            Err(AgeError::Header(_))
+        ));
+        assert!(matches!(
+            Decryptor::new(&b""[..], &keys),
+            Err(AgeError::Header(_))
+        ));
     }
 
     #[test]
@@ -575,10 +598,14 @@ mod tests {
         e.write_all(b"to both").unwrap();
         let ct = e.finish().unwrap();
         for id in [a, b] {
-            let (out, err) = drain(Decryptor::new(&ct[..], &KeyStore::from_identities(vec![id])).unwrap());
+            let (out, err) =
+                drain(Decryptor::new(&ct[..], &KeyStore::from_identities(vec![id])).unwrap());
             assert!(err.is_none());
             assert_eq!(out, b"to both");
         }
-        assert!(matches!(Encryptor::new(Vec::new(), &[]), Err(AgeError::Key(_))));
+        assert!(matches!(
+            Encryptor::new(Vec::new(), &[]),
+            Err(AgeError::Key(_))
+        ));
     }
 }
