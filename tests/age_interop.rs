@@ -356,3 +356,55 @@ fn tampered_age_cli_files_fail_cleanly() {
         .status;
     assert!(!status.success());
 }
+
+/// Throughput against `age -d` on a 256 MiB file. Not a correctness test:
+/// run it in release mode with
+/// `cargo test --release --test age_interop -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark; run explicitly in release mode"]
+fn throughput_vs_age_cli() {
+    if !age_cli_available("throughput_vs_age_cli") {
+        return;
+    }
+    use std::time::Instant;
+    let s = Scratch::new("bench");
+    let key = s.path("keys/recorder.key");
+    fs::create_dir(s.path("keys")).unwrap();
+    let recipient = keygen(&key);
+    let keys = store_from(&key);
+    let data = plaintext(256 * 1024 * 1024, 3);
+    fs::write(s.path("pt"), &data).unwrap();
+    drop(data);
+    run(Command::new("age")
+        .arg("-r")
+        .arg(recipient.to_string())
+        .arg("-o")
+        .arg(s.path("ct"))
+        .arg(s.path("pt")));
+    let mib = 256.0;
+    for round in 0..2 {
+        let t = Instant::now();
+        let status = Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(&key)
+            .arg("-o")
+            .arg("/dev/null")
+            .arg(s.path("ct"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let age_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let file = fs::File::open(s.path("ct")).unwrap();
+        let mut d = Decryptor::new(file, &keys).unwrap();
+        let n = io::copy(&mut d, &mut io::sink()).unwrap();
+        let ours_s = t.elapsed().as_secs_f64();
+        assert_eq!(n, 256 * 1024 * 1024);
+        eprintln!(
+            "round {round}: age -d {:.0} MiB/s ({age_s:.2}s), exportd Decryptor {:.0} MiB/s ({ours_s:.2}s)",
+            mib / age_s,
+            mib / ours_s
+        );
+    }
+}

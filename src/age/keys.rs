@@ -425,7 +425,9 @@ fn load_file(path: &Path) -> Result<Option<Vec<Identity>>, String> {
             "it is larger than {MAX_KEY_FILE} bytes, so not a key file; move it out of the key directory"
         ));
     }
-    let mut text = Zeroizing::new(String::new());
+    // Sized up front so that reading does not reallocate (and leave copies behind).
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut text = Zeroizing::new(String::with_capacity(capacity));
     (&mut file)
         .take(MAX_KEY_FILE + 1)
         .read_to_string(&mut text)

@@ -591,6 +591,49 @@ mod tests {
     }
 
     #[test]
+    fn mutated_and_truncated_inputs_never_panic() {
+        let id = Identity::generate();
+        let data = plaintext(300);
+        let ct = encrypt(&id, &data, 300);
+        let keys = KeyStore::from_identities(vec![id]);
+        let check = |input: &[u8]| {
+            if let Ok(d) = Decryptor::new(input, &keys) {
+                let (out, err) = drain(d);
+                // Whatever is released is authentic plaintext.
+                assert!(out.len() <= data.len() && out == data[..out.len()]);
+                if let Some(e) = err {
+                    assert!(is_payload(&e));
+                }
+            }
+        };
+        for cut in 0..ct.len() {
+            check(&ct[..cut]);
+        }
+        let mut x = 0x2545_f491_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as usize
+        };
+        for _ in 0..3000 {
+            let mut bad = ct.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = next() % bad.len();
+                match next() % 4 {
+                    0 => bad[at] ^= 1 << (next() % 8),
+                    1 => bad[at] = b"\n -AZaz09+/="[next() % 12],
+                    2 => {
+                        bad.remove(at);
+                    }
+                    _ => bad.insert(at, b"\n -A/"[next() % 5]),
+                }
+            }
+            check(&bad);
+        }
+    }
+
+    #[test]
     fn multiple_recipients_and_empty_recipient_list() {
         let a = Identity::generate();
         let b = Identity::generate();
