@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod age;
 pub mod agent;
 pub mod audit;
 pub mod bundle;
