@@ -395,6 +395,9 @@ fn client_without_certificate_is_refused() {
     let agent = ureq::Agent::config_builder()
         .tls_config(
             ureq::tls::TlsConfig::builder()
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
                 .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
                 .build(),
         )
