@@ -17,9 +17,13 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{Action, AuditError, AuditLog, Row};
+use crate::bundle::central::{
+    CentralClient, FetchOutcome, Rejection, RequestProgress, StatusReport,
+};
+use crate::bundle::{Accepted, BundleError, BundleState};
 use crate::config::{ConfigError, LocalConfig};
-use crate::export::{self, Ctx, GenerateFn, Keys, Options, Outcome, Report};
+use crate::export::{self, Ctx, Keys, Options, Outcome, Report};
 use crate::journal::{self, FileStore, Journal, PathKey};
 use crate::model::{Model, TargetKind};
 use crate::snapshot::{self, Snapshot, SnapshotError};
@@ -82,21 +86,16 @@ pub enum AgentError {
     Runtime(String),
 }
 
-/// Builds the target objects for a snapshot.
-pub type TargetFactory =
-    dyn Fn(&crate::model::TargetSpec) -> Result<Arc<dyn Target>, String> + Send + Sync;
-
-/// Pluggable parts of the agent (key store, generated files, S3 targets).
-#[derive(Clone, Default)]
-pub struct Plugins {
-    /// Loads the key store from `keys_dir` (None: no decryption).
-    pub keys: Option<Arc<dyn Fn(&Path) -> Arc<dyn Keys> + Send + Sync>>,
-    /// Generated files hook.
-    pub generate: Option<Arc<GenerateFn>>,
-    /// Targets other than `fs`.
-    pub targets: Option<Arc<TargetFactory>>,
-    /// Loads the model centrally pushed and accepted earlier, if any.
-    pub pushed_model: Option<Arc<dyn Fn(&LocalConfig) -> Option<Model> + Send + Sync>>,
+/// The policy model in force: the last accepted central bundle, else the
+/// inline model of exportd.toml.
+pub fn model_in_force(cfg: &LocalConfig) -> Model {
+    match crate::bundle::BundleState::load(&cfg.state_dir) {
+        Ok(st) => st.current_model().unwrap_or_else(|| cfg.inline_model()),
+        Err(e) => {
+            error!("the cached central bundle cannot be read ({e}); using the inline model");
+            cfg.inline_model()
+        }
+    }
 }
 
 fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -115,29 +114,17 @@ pub fn install_snapshot(state_dir: &Path, model: &Model) -> Result<Snapshot, Age
 }
 
 /// Builds targets for every spec of a snapshot.
-pub fn build_targets(
-    snap: &Snapshot,
-    plugins: &Plugins,
-) -> Result<Vec<Arc<dyn Target>>, AgentError> {
+pub fn build_targets(snap: &Snapshot) -> Result<Vec<Arc<dyn Target>>, AgentError> {
     let mut v: Vec<Arc<dyn Target>> = Vec::new();
     for spec in snap.targets() {
         match spec.kind {
             TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec))),
-            _ => match &plugins.targets {
-                Some(f) => v.push(f(spec).map_err(|msg| AgentError::Target {
+            TargetKind::S3 => v.push(Arc::new(crate::target::s3::S3Target::new(spec).map_err(
+                |e| AgentError::Target {
                     id: spec.id.clone(),
-                    msg,
-                })?),
-                None => {
-                    return Err(AgentError::Target {
-                        id: spec.id.clone(),
-                        msg: format!(
-                            "kind {:?} is not supported by this build",
-                            spec.kind.as_str()
-                        ),
-                    });
-                }
-            },
+                    msg: e.to_string(),
+                },
+            )?)),
         }
     }
     Ok(v)
@@ -158,12 +145,13 @@ struct Retry {
 
 enum Msg {
     Done(Report, Options),
+    Central(FetchOutcome),
+    RequestDone(String, Result<String, String>),
 }
 
 struct Agent {
     cfg_path: PathBuf,
     cfg: LocalConfig,
-    plugins: Plugins,
     ctx: Ctx,
     opts: RunOptions,
     queue: VecDeque<(XmlRef, Options)>,
@@ -182,6 +170,18 @@ struct Agent {
     status_dirty: bool,
     keys_fp: [u8; 32],
     tx: mpsc::UnboundedSender<Msg>,
+    /// The model in force (for export requests).
+    model: Arc<Model>,
+    /// Accepted bundles and granted keys; shared with the central poller.
+    bundle: Option<Arc<Mutex<BundleState>>>,
+    /// Requests running in this daemon.
+    requests_running: HashSet<String>,
+    /// When the next completed compliance export expires.
+    next_expiry: Option<Instant>,
+    /// The status as last flushed, for the central heartbeat.
+    shared_status: Arc<Mutex<Status>>,
+    /// Wakes the central thread to report at once.
+    central_kick: Option<std::sync::mpsc::Sender<()>>,
 }
 
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -195,17 +195,17 @@ const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
 
 /// Runs the daemon until SIGTERM/SIGINT (or, with `until_idle`, until the
 /// spool as present is processed).
-pub fn run(cfg_path: &Path, opts: RunOptions, plugins: Plugins) -> Result<RunSummary, AgentError> {
+pub fn run(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, AgentError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
         .build()
         .map_err(|e| AgentError::Runtime(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(run_async(cfg_path, opts, plugins))
+    rt.block_on(run_async(cfg_path, opts))
 }
 
 /// Sets up the shared context from a config.
-pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError> {
+pub fn make_ctx(cfg: &LocalConfig) -> Result<Ctx, AgentError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(state_err(&cfg.state_dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -214,17 +214,10 @@ pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError>
     let jpath = cfg.state_dir.join("journal.log");
     let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
     let audit = AuditLog::open(&cfg.state_dir)?;
-    let model = plugins
-        .pushed_model
-        .as_ref()
-        .and_then(|f| f(cfg))
-        .unwrap_or_else(|| cfg.inline_model());
+    let model = model_in_force(cfg);
     let snap = install_snapshot(&cfg.state_dir, &model)?;
-    let targets = build_targets(&snap, plugins)?;
-    let keys: Arc<dyn Keys> = match &plugins.keys {
-        Some(f) => f(&cfg.keys_dir),
-        None => Arc::new(export::NoKeys),
-    };
+    let targets = build_targets(&snap)?;
+    let keys: Arc<dyn Keys> = export::load_keys(&cfg.keys_dir);
     let roots = cfg
         .spool
         .iter()
@@ -246,14 +239,24 @@ pub fn make_ctx(cfg: &LocalConfig, plugins: &Plugins) -> Result<Ctx, AgentError>
     })
 }
 
-async fn run_async(
-    cfg_path: &Path,
-    opts: RunOptions,
-    plugins: Plugins,
-) -> Result<RunSummary, AgentError> {
+async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = LocalConfig::load(cfg_path)?;
-    let ctx = make_ctx(&cfg, &plugins)?;
+    let ctx = make_ctx(&cfg)?;
+    let model = model_in_force(&cfg);
+    let bundle = match BundleState::load(&cfg.state_dir) {
+        Ok(b) => Some(Arc::new(Mutex::new(b))),
+        Err(e) => {
+            error!("signed bundles are disabled: {e}");
+            None
+        }
+    };
+    if let Err(e) = crate::bundle::trust::TrustSet::new(&cfg.trust, &[]) {
+        return Err(AgentError::Runtime(format!(
+            "trust anchors in {}: {e}",
+            cfg_path.display()
+        )));
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let inotify =
         Inotify::init().map_err(|e| AgentError::Runtime(format!("inotify_init failed: {e}")))?;
@@ -272,7 +275,6 @@ async fn run_async(
             ..Status::default()
         },
         cfg,
-        plugins,
         ctx,
         opts,
         queue: VecDeque::new(),
@@ -290,6 +292,12 @@ async fn run_async(
         status_dirty: true,
         keys_fp,
         tx,
+        model: Arc::new(model),
+        bundle,
+        requests_running: HashSet::new(),
+        next_expiry: None,
+        shared_status: Arc::new(Mutex::new(Status::default())),
+        central_kick: None,
     };
 
     let mut sigterm =
@@ -306,6 +314,22 @@ async fn run_async(
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::ATTRIB,
         );
     }
+    // The bundle inbox: signed configurations and export requests dropped as files.
+    let inbox = crate::bundle::inbox::inbox_dir(&a.cfg.state_dir);
+    if std::fs::create_dir_all(&inbox).is_ok() {
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o700));
+        }
+        let _ = stream.watches().add(
+            &inbox,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
+        );
+    }
+    a.process_inbox();
+    a.expire_requests();
+    a.resume_requests();
+    a.start_central();
     a.rescan(&mut stream.watches(), true);
     info!(
         records_queued = a.queue.len(),
@@ -355,7 +379,11 @@ async fn run_async(
                 }
             }
             Some(msg) = rx.recv() => {
-                match msg { Msg::Done(rep, o) => a.on_report(rep, o) }
+                match msg {
+                    Msg::Done(rep, o) => a.on_report(rep, o),
+                    Msg::Central(out) => a.on_central(out),
+                    Msg::RequestDone(id, r) => a.on_request_done(id, r),
+                }
             }
             _ = sleep => {
                 let now = Instant::now();
@@ -488,10 +516,9 @@ impl Agent {
             self.queued.remove(&x.key);
             self.inflight.insert(x.key);
             let ctx = self.ctx.clone();
-            let generate = self.plugins.generate.clone();
             let tx = self.tx.clone();
             tokio::task::spawn_blocking(move || {
-                let rep = export::process(&ctx, &x, o, generate.as_deref());
+                let rep = export::process(&ctx, &x, o);
                 let _ = tx.send(Msg::Done(rep, o));
             });
         }
@@ -506,6 +533,7 @@ impl Agent {
 
     fn idle(&self) -> bool {
         !self.held()
+            && self.requests_running.is_empty()
             && self.queue.is_empty()
             && self.inflight.is_empty()
             && self.retry.is_empty()
@@ -521,10 +549,13 @@ impl Agent {
         let d = self
             .held()
             .then(|| Instant::now() + Duration::from_millis(200));
-        [a, b, c, d].into_iter().flatten().min()
+        [a, b, c, d, self.next_expiry].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant, w: &mut inotify::Watches) {
+        if self.next_expiry.is_some_and(|d| d <= now) {
+            self.expire_requests();
+        }
         let due: Vec<PathKey> = self
             .incomplete
             .iter()
@@ -586,6 +617,12 @@ impl Agent {
         let path = dir.join(name_s);
         if dir == self.cfg.keys_dir {
             self.reload_keys();
+            return;
+        }
+        if dir == crate::bundle::inbox::inbox_dir(&self.cfg.state_dir) {
+            if !spool::is_temp_name(name_s) {
+                self.process_inbox();
+            }
             return;
         }
         if mask.contains(EventMask::ISDIR) {
@@ -846,6 +883,7 @@ impl Agent {
                 as u64;
         self.status.retrying = self.retry.len() as u64;
         self.status.blocked = self.blocked.len() as u64;
+        *self.shared_status.lock().unwrap_or_else(|p| p.into_inner()) = self.status.clone();
         if let Err(e) = self.status.write(&self.cfg.state_dir) {
             warn!(
                 "cannot write {}/status.json: {e}",
@@ -862,8 +900,7 @@ impl Agent {
     }
 
     fn reload_keys(&mut self) {
-        let Some(f) = &self.plugins.keys else { return };
-        let keys = f(&self.cfg.keys_dir);
+        let keys = export::load_keys(&self.cfg.keys_dir);
         let fp = keys.fingerprint();
         if fp != self.keys_fp {
             info!("age identities changed: retrying records that were waiting for a key");
@@ -902,12 +939,7 @@ impl Agent {
         if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
             warn!("spool and state_dir changes take effect after a restart");
         }
-        let model = self
-            .plugins
-            .pushed_model
-            .as_ref()
-            .and_then(|f| f(&cfg))
-            .unwrap_or_else(|| cfg.inline_model());
+        let model = model_in_force(&cfg);
         if let Err(e) = self.apply_model(&model) {
             error!("reload refused, the configuration in force stays: {e}");
             return;
@@ -923,7 +955,7 @@ impl Agent {
     /// Swaps in a new model: records already running finish under the old one.
     fn apply_model(&mut self, model: &Model) -> Result<(), AgentError> {
         let snap = install_snapshot(&self.cfg.state_dir, model)?;
-        let targets = build_targets(&snap, &self.plugins)?;
+        let targets = build_targets(&snap)?;
         self.ctx.snap = Arc::new(snap);
         self.ctx.targets = Arc::new(targets);
         self.ctx
@@ -942,6 +974,283 @@ impl Agent {
         self.status_dirty = true;
         Ok(())
     }
+
+    fn request_env(&self) -> crate::requests::RequestEnv<'_> {
+        crate::requests::RequestEnv {
+            state_dir: &self.cfg.state_dir,
+            roots: self.ctx.roots.as_ref().clone(),
+            model: &self.model,
+            targets: &self.ctx.targets,
+            keys: self.ctx.keys.clone(),
+            audit: &self.ctx.audit,
+        }
+    }
+
+    /// Takes every file waiting in `<state_dir>/inbox/`.
+    fn process_inbox(&mut self) {
+        let Some(b) = self.bundle.clone() else { return };
+        let outcomes = {
+            let mut st = b.lock().unwrap_or_else(|p| p.into_inner());
+            crate::bundle::inbox::process_inbox(&self.cfg.state_dir, &self.cfg.trust, &mut st)
+        };
+        match outcomes {
+            Ok(v) => {
+                for o in v {
+                    if let Some(e) = &o.move_error {
+                        error!("inbox file {} could not be moved: {e}", o.name);
+                    }
+                    self.on_bundle(&format!("inbox file {}", o.name), o.result);
+                }
+            }
+            Err(e) => error!("cannot process the bundle inbox: {e}"),
+        }
+    }
+
+    /// Acts on an accepted or rejected bundle (inbox or central).
+    fn on_bundle(&mut self, source: &str, result: Result<Accepted, BundleError>) {
+        let now = Timestamp::now();
+        match result {
+            Ok(Accepted::Config(c)) => {
+                let version = c.version;
+                let res = self.apply_model(&c.model);
+                let (code, desc) = match &res {
+                    Ok(()) => (
+                        "applied",
+                        format!("configuration version {version} from {source} is in force"),
+                    ),
+                    Err(e) => (
+                        "apply_failed",
+                        format!(
+                            "configuration version {version} from {source} was accepted but could not be put in force: {e}"
+                        ),
+                    ),
+                };
+                if let Err(e) = &res {
+                    error!("{desc}: {e}");
+                } else {
+                    info!("{desc}");
+                }
+                self.config_row(Action::Config, &version.to_string(), code, desc);
+                if res.is_ok() {
+                    self.model = Arc::new(c.model);
+                }
+            }
+            Ok(Accepted::ExportRequest(r)) => {
+                let env = self.request_env();
+                match crate::requests::accept(&env, &r.payload) {
+                    Ok(req) => {
+                        info!(request = %req.request_id, "export request from {source} accepted");
+                        self.spawn_request(req);
+                    }
+                    Err(e) => {
+                        warn!("export request {} from {source} refused: {e}", r.request_id);
+                        self.config_row(Action::Request, &r.request_id, "rejected", e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = format!("{source}: {}", e.one_line());
+                warn!("bundle rejected: {reason}");
+                self.status.last_rejection = Some(format!("{} {reason}", now.rfc3339()));
+                self.config_row(Action::Config, "", e.code(), reason);
+            }
+        }
+        self.status_dirty = true;
+        if let Some(k) = &self.central_kick {
+            let _ = k.send(());
+        }
+    }
+
+    fn config_row(&self, action: Action, id: &str, code: &str, desc: String) {
+        let row = Row {
+            ccdr_id: id.to_string(),
+            action: action.as_str(),
+            error_code: code.to_string(),
+            error_desc: desc,
+            ..Row::default()
+        };
+        let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = a.append(&row) {
+            error!("audit row could not be written: {e}");
+        }
+    }
+
+    fn spawn_request(&mut self, req: crate::compliance::ExportRequest) {
+        let id = req.request_id.clone();
+        if !self.requests_running.insert(id.clone()) {
+            return;
+        }
+        let state_dir = self.cfg.state_dir.clone();
+        let roots = self.ctx.roots.as_ref().clone();
+        let model = self.model.clone();
+        let targets = self.ctx.targets.clone();
+        let keys = self.ctx.keys.clone();
+        let audit = self.ctx.audit.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let env = crate::requests::RequestEnv {
+                state_dir: &state_dir,
+                roots,
+                model: &model,
+                targets: &targets,
+                keys,
+                audit: &audit,
+            };
+            let r = crate::requests::execute(&env, &req, &mut |_| {})
+                .map(|s| s.zip.display().to_string())
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Msg::RequestDone(id, r));
+        });
+    }
+
+    fn on_request_done(&mut self, id: String, r: Result<String, String>) {
+        self.requests_running.remove(&id);
+        match r {
+            Ok(zip) => info!(request = %id, "compliance export completed: {zip}"),
+            Err(e) => error!(request = %id, "compliance export failed: {e}"),
+        }
+        self.next_expiry = self.expiry_instant();
+        self.status_dirty = true;
+        if let Some(k) = &self.central_kick {
+            let _ = k.send(());
+        }
+    }
+
+    /// Requests accepted earlier but not finished (a restart): run them again.
+    fn resume_requests(&mut self) {
+        let store = crate::compliance::StatusStore::new(&self.cfg.state_dir);
+        let Ok(list) = store.list() else { return };
+        for st in list {
+            if !matches!(
+                st.status,
+                crate::compliance::State::Accepted | crate::compliance::State::InProgress
+            ) {
+                continue;
+            }
+            match crate::requests::load_saved(&self.cfg.state_dir, &st.request_id) {
+                Some(req) => {
+                    info!(request = %st.request_id, "resuming an unfinished compliance export");
+                    self.spawn_request(req);
+                }
+                None => {
+                    warn!(request = %st.request_id, "unfinished request has no saved payload; resubmit it")
+                }
+            }
+        }
+    }
+
+    fn expiry_instant(&self) -> Option<Instant> {
+        let t = crate::requests::next_expiry(&self.cfg.state_dir)?;
+        let ms = (t.0 - Timestamp::now().0).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(ms))
+    }
+
+    fn expire_requests(&mut self) {
+        let env = self.request_env();
+        let ids = crate::requests::expire(&env, Timestamp::now());
+        for id in ids {
+            info!(request = %id, "compliance export expired: zip removed");
+        }
+        self.next_expiry = self.expiry_instant();
+    }
+
+    /// Starts the central poller thread when `[central]` is configured.
+    fn start_central(&mut self) {
+        let (Some(central), Some(bundle)) = (self.cfg.central.clone(), self.bundle.clone()) else {
+            return;
+        };
+        let cc = crate::bundle::central::CentralConfig {
+            url: central.url.clone(),
+            ca: central.ca.clone(),
+            client_cert: central.client_cert.clone(),
+            client_key: central.client_key.clone(),
+        };
+        let client = match CentralClient::new(&cc, &self.cfg.agent_id) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("central is disabled: {e}");
+                return;
+            }
+        };
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel::<()>();
+        self.central_kick = Some(kick_tx);
+        let anchors = self.cfg.trust.clone();
+        let tx = self.tx.clone();
+        let shared = self.shared_status.clone();
+        let state_dir = self.cfg.state_dir.clone();
+        let agent_id = self.cfg.agent_id.clone();
+        let heartbeat = Duration::from_secs(central.heartbeat_s.max(5));
+        std::thread::Builder::new()
+            .name("central".into())
+            .spawn(move || {
+                let mut backoff = crate::bundle::central::Backoff::new();
+                let mut last_report = Instant::now() - heartbeat;
+                loop {
+                    let report_due =
+                        last_report.elapsed() >= heartbeat || kick_rx.try_recv().is_ok();
+                    if report_due {
+                        let rep = status_report(&agent_id, &state_dir, &shared, &bundle);
+                        match client.post_status(&rep) {
+                            Ok(()) => last_report = Instant::now(),
+                            Err(e) => warn!("status report to central failed: {e}"),
+                        }
+                    }
+                    let res = {
+                        let mut st = bundle.lock().unwrap_or_else(|p| p.into_inner());
+                        let after = st.version();
+                        drop(st);
+                        // Long-poll without holding the state lock; apply under it.
+                        match client.fetch_bundle_bytes(after) {
+                            Ok(None) => Ok(FetchOutcome::NothingNew),
+                            Ok(Some(body)) => {
+                                st = bundle.lock().unwrap_or_else(|p| p.into_inner());
+                                Ok(
+                                    match crate::bundle::apply::apply_bytes(
+                                        &body, "central", &anchors, &mut st,
+                                    ) {
+                                        Ok(a) => FetchOutcome::Applied(a),
+                                        Err(e) => FetchOutcome::Rejected(e),
+                                    },
+                                )
+                            }
+                            Err(e) => Err(e),
+                        }
+                    };
+                    match res {
+                        Ok(FetchOutcome::NothingNew) => backoff.reset(),
+                        Ok(out) => {
+                            backoff.reset();
+                            if tx.send(Msg::Central(out)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let d = backoff.next_delay();
+                            warn!(
+                                "central unreachable ({e}); retrying in {:.0}s",
+                                d.as_secs_f64()
+                            );
+                            // Wait, but wake early to send a status report when asked.
+                            let _ = kick_rx
+                                .recv_timeout(d)
+                                .map(|_| last_report = Instant::now() - heartbeat);
+                        }
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            })
+            .ok();
+    }
+
+    fn on_central(&mut self, out: FetchOutcome) {
+        match out {
+            FetchOutcome::NothingNew => {}
+            FetchOutcome::Applied(a) => self.on_bundle("central", Ok(a)),
+            FetchOutcome::Rejected(e) => self.on_bundle("central", Err(e)),
+        }
+    }
 }
 
 /// Capped exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 5 min.
@@ -954,4 +1263,46 @@ pub fn backoff(attempt: u32) -> Duration {
         .unwrap_or(0))
         % (capped / 4 + 1);
     Duration::from_millis(capped - capped / 8 + jitter)
+}
+
+fn status_report(
+    agent_id: &str,
+    state_dir: &Path,
+    shared: &Mutex<Status>,
+    bundle: &Mutex<BundleState>,
+) -> StatusReport {
+    let st = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let version = bundle.lock().unwrap_or_else(|p| p.into_inner()).version();
+    let mut counts = std::collections::BTreeMap::new();
+    counts.insert("seen".to_string(), st.counts.seen);
+    counts.insert("exported".to_string(), st.counts.exported);
+    counts.insert("skipped".to_string(), st.counts.skipped);
+    counts.insert("failed".to_string(), st.counts.failed);
+    counts.insert("incomplete".to_string(), st.counts.incomplete);
+    counts.insert("bytes".to_string(), st.counts.bytes);
+    let requests = crate::compliance::StatusStore::new(state_dir)
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| RequestProgress {
+            request_id: r.request_id,
+            status: format!("{:?}", r.status),
+            percent: r.percent,
+        })
+        .collect();
+    StatusReport {
+        agent_id: agent_id.to_string(),
+        version_in_force: version,
+        last_rejection: st.last_rejection.map(|r| {
+            let (at, reason) = r.split_once(' ').unwrap_or(("", &r));
+            Rejection {
+                reason: reason.to_string(),
+                at: at.to_string(),
+            }
+        }),
+        backlog: st.backlog,
+        counts,
+        requests,
+        sent_at: Timestamp::now().rfc3339().to_string(),
+    }
 }

@@ -216,6 +216,32 @@ pub struct AuditLog {
     dir: PathBuf,
     last_hash: String,
     day: Option<(i64, File)>,
+    /// `audit/.lock`: appends from several processes (the daemon and
+    /// `exportd request submit`) are serialised, and each re-reads the tail
+    /// of the chain under the lock.
+    lock: File,
+}
+
+/// The `row_hash` of the last row of the chain in `dir` (GENESIS when empty).
+fn chain_tail(dir: &Path) -> Result<String, AuditError> {
+    for f in audit_files(dir)?.iter().rev() {
+        if let Some(line) = last_line(f)? {
+            if line == HEADER {
+                continue;
+            }
+            let h = line.rsplit(';').next().unwrap_or("");
+            if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(h.to_string());
+            }
+            return Err(AuditError::Tampered {
+                path: f.clone(),
+                line: 0,
+                why: "the last row has no valid row_hash (torn write?); run `exportd audit verify`"
+                    .into(),
+            });
+        }
+    }
+    Ok(GENESIS.to_string())
 }
 
 impl AuditLog {
@@ -223,28 +249,19 @@ impl AuditLog {
     pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
         let dir = state_dir.join("audit");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let mut last_hash = GENESIS.to_string();
-        for f in audit_files(&dir)?.iter().rev() {
-            if let Some(line) = last_line(f)? {
-                if line == HEADER {
-                    continue;
-                }
-                let h = line.rsplit(';').next().unwrap_or("");
-                if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    last_hash = h.to_string();
-                    break;
-                }
-                return Err(AuditError::Tampered {
-                    path: f.clone(),
-                    line: 0,
-                    why: "the last row has no valid row_hash (torn write?); run `exportd audit verify`".into(),
-                });
-            }
-        }
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let last_hash = chain_tail(&dir)?;
         Ok(AuditLog {
             dir,
             last_hash,
             day: None,
+            lock,
         })
     }
 
@@ -260,6 +277,19 @@ impl AuditLog {
 
     /// Appends one row with the given timestamp and makes it durable.
     pub fn append_at(&mut self, ts: Timestamp, row: &Row) -> Result<String, AuditError> {
+        rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            AuditError::Io {
+                path: self.dir.join(".lock"),
+                source: e.into(),
+            }
+        })?;
+        let r = self.append_locked(ts, row);
+        let _ = rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::Unlock);
+        r
+    }
+
+    fn append_locked(&mut self, ts: Timestamp, row: &Row) -> Result<String, AuditError> {
+        self.last_hash = chain_tail(&self.dir)?;
         let day = ts.day_number();
         if self.day.as_ref().map(|d| d.0) != Some(day) {
             let c = ts.civil();

@@ -250,28 +250,104 @@ impl Source for SpoolSource<'_> {
 /// Files generated beside the content (messages JSON, vCon), by name.
 pub type Generated = Vec<(String, Vec<u8>)>;
 
-/// Hook for generated files; receives the record, the spool folder and the
-/// content files already written (name, sha256, sha512, bytes).
-pub type GenerateFn = dyn Fn(
-        &Record,
-        &CompiledPolicy,
-        &Path,
-        &[(String, [u8; 32], Option<[u8; 64]>, u64)],
-        &dyn Keys,
-    ) -> Result<Generated, String>
-    + Send
-    + Sync;
+/// A content file written to a record folder: name, SHA-256, SHA-512 (when
+/// asked for), size.
+pub type Written = (String, [u8; 32], Option<[u8; 64]>, u64);
+
+/// The age key store as [`Keys`].
+pub struct AgeKeys(pub crate::age::KeyStore);
+
+impl Keys for AgeKeys {
+    fn decrypt<'a>(&self, src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
+        use crate::age::AgeError;
+        match crate::age::Decryptor::new(src, &self.0) {
+            Ok(d) => Ok(Box::new(d)),
+            Err(AgeError::NoMatch) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "none of the {} identities in keys_dir opens it",
+                    self.0.len()
+                ),
+            )),
+            Err(AgeError::Io(e)) => Err(e),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+    fn fingerprint(&self) -> [u8; 32] {
+        self.0.fingerprint()
+    }
+}
+
+/// Loads the identities of `keys_dir`, logging every refused key file.
+pub fn load_keys(dir: &Path) -> Arc<dyn Keys> {
+    let (store, errors) = crate::age::KeyStore::load_dir(dir);
+    for e in errors {
+        tracing::error!("{e}");
+    }
+    Arc::new(AgeKeys(store))
+}
+
+/// The largest transcript read to generate `<id>.messages.json`.
+const MAX_TRANSCRIPT: u64 = 256 << 20;
+
+/// Generates the files written beside the content: `<id>.messages.json` for
+/// IM records (only from plaintext: with `decrypt` off, an encrypted
+/// transcript is exported as recorded and no plaintext is derived from it).
+fn extras(
+    rec: &Record,
+    cp: &CompiledPolicy,
+    folder: &Path,
+    root: &Path,
+    keys: &dyn Keys,
+    _written: &[Written],
+) -> Result<Generated, String> {
+    let mut out = Vec::new();
+    if rec.modality == Modality::Im {
+        let t = rec.files.iter().find(|f| {
+            let n = f.base_name();
+            f.role == crate::record::FileRole::Transcript
+                && (n.ends_with(".im") || n.ends_with(".im.age"))
+        });
+        if let Some(f) = t {
+            let enc = f.is_encrypted();
+            if !enc || cp.policy.settings.decrypt {
+                let path = folder.join(&f.path);
+                let src = SpoolSource {
+                    root,
+                    path: path.clone(),
+                    decrypt: enc,
+                    keys,
+                    len: None,
+                };
+                let mut buf = Vec::new();
+                src.open()
+                    .and_then(|r| r.take(MAX_TRANSCRIPT + 1).read_to_end(&mut buf))
+                    .map_err(|e| format!("reading transcript {}: {e}", path.display()))?;
+                let tr = crate::im::Transcript::from_bytes(&buf)
+                    .map_err(|e| format!("transcript {}: {e}", path.display()))?;
+                out.push((
+                    format!(
+                        "{}.messages.json",
+                        crate::layout::sanitize_component(&rec.id)
+                    ),
+                    crate::im::messages_json(&tr, &rec.id),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Processes one record version. Never panics on input; every failure is an
 /// audit row plus an [`Outcome`].
-pub fn process(ctx: &Ctx, xml: &XmlRef, opts: Options, generate: Option<&GenerateFn>) -> Report {
+pub fn process(ctx: &Ctx, xml: &XmlRef, opts: Options) -> Report {
     let mut w = Writer {
         ctx,
         xml,
         tallies: Vec::new(),
     };
     let mut xml = xml.clone();
-    let outcome = run(ctx, &mut w, &mut xml, opts, generate);
+    let outcome = run(ctx, &mut w, &mut xml, opts);
     let (outcome, record_id) = match outcome {
         Ok(v) => v,
         Err(e) => (Outcome::Retry(format!("state I/O failed: {e}")), None),
@@ -289,7 +365,6 @@ fn run(
     w: &mut Writer<'_>,
     xml: &mut XmlRef,
     opts: Options,
-    generate: Option<&GenerateFn>,
 ) -> io::Result<(Outcome, Option<String>)> {
     let root_canon = ctx
         .roots
@@ -524,7 +599,6 @@ fn run(
                 &raw_xml,
                 &plain_xml,
                 xml.encrypted(),
-                generate,
             );
             let mut row = w.base(Some(&rec));
             row.policy_id = cp.policy.id.clone();
@@ -658,9 +732,8 @@ fn copy_one(
     raw_xml: &[u8],
     plain_xml: &[u8],
     xml_encrypted: bool,
-    generate: Option<&GenerateFn>,
 ) -> Result<CopyDone, CopyError> {
-    let mut written: Vec<(String, [u8; 32], Option<[u8; 64]>, u64)> = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
     let mut details = Vec::new();
     let want512 = cp.policy.settings.vcon;
     for f in plan {
@@ -685,8 +758,9 @@ fn copy_one(
         }
         written.push((f.out_name.clone(), r.sha256, r.sha512, r.bytes));
     }
-    if let Some(g) = generate {
-        let extra = g(rec, cp, folder, &written, ctx.keys.as_ref()).map_err(CopyError::Generate)?;
+    {
+        let extra = extras(rec, cp, folder, root_canon, ctx.keys.as_ref(), &written)
+            .map_err(CopyError::Generate)?;
         for (name, bytes) in extra {
             let req = PutRequest {
                 folder: dst,

@@ -327,6 +327,22 @@ impl<S: JournalStore> Journal<S> {
         Ok(())
     }
 
+    /// Loads the journal without repairing it (for readers such as `exportd
+    /// status` while the daemon may be appending).
+    pub fn open_read_only(mut store: S) -> io::Result<Journal<S>> {
+        let buf = store.load()?;
+        let (entries, _) = decode_frames(&buf);
+        let mut j = Journal {
+            store,
+            map: HashMap::new(),
+            frames: entries.len(),
+        };
+        for e in entries {
+            j.apply(&e);
+        }
+        Ok(j)
+    }
+
     /// The state of a record version, if it is this version.
     pub fn get(&self, key: &PathKey, size: u64, mtime_ns: i64) -> Option<&State> {
         self.map

@@ -18,6 +18,7 @@ pub mod matcher;
 pub mod model;
 pub mod notify;
 pub mod record;
+pub mod requests;
 pub mod simulate;
 pub mod snapshot;
 pub mod spool;

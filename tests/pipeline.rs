@@ -404,10 +404,9 @@ fn audit_verify_detects_a_one_byte_tamper() {
     );
     let f = fs::read_dir(a.state.join("audit"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("audit-"))
+        .unwrap();
     let mut b = fs::read(&f).unwrap();
     let text = String::from_utf8(b.clone()).unwrap();
     let third_line = text.lines().take(3).map(|l| l.len() + 1).sum::<usize>() + 30;

@@ -58,7 +58,6 @@ pub fn demo(records: u64, keep: bool) -> Result<i32> {
                     until_idle: true,
                     hold: Some(hold),
                 },
-                super::plugins(),
             )
         })
     };

@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use lexopt::prelude::*;
 
 mod demo;
+mod ops;
 mod plugins;
-
-pub use plugins::plugins;
 
 const USAGE: &str = "\
 exportd: direct-export agent for call-recording appliances
@@ -23,6 +22,12 @@ USAGE:
                      [--encrypt-to RECIPIENT] [--users N] [--seed N]
                      [--size-scale F] [--log FILE] [--quiet]
     exportd demo [--records N] [--keep]
+    exportd request submit --config FILE REQUEST.json [--detach]
+    exportd request status --config FILE [ID] [--json]
+    exportd keygen [PREFIX]
+    exportd bundle sign --key FILE [--keyid ID] --type config|export-request PAYLOAD.json [--out FILE]
+    exportd bundle cosign --key FILE [--keyid ID] BUNDLE.json [--out FILE]
+    exportd bundle verify --config FILE BUNDLE.json
 
 Exit codes: 0 success, 1 some records or checks failed, 2 usage or startup error.
 See README.md for the configuration file.";
@@ -45,6 +50,11 @@ struct Args {
     quiet: bool,
     records: Option<u64>,
     keep: bool,
+    key: Option<PathBuf>,
+    keyid: Option<String>,
+    kind: Option<String>,
+    out: Option<PathBuf>,
+    detach: bool,
     rest: Vec<OsString>,
 }
 
@@ -67,6 +77,11 @@ fn parse() -> Result<Args> {
         quiet: false,
         records: None,
         keep: false,
+        key: None,
+        keyid: None,
+        kind: None,
+        out: None,
+        detach: false,
         rest: Vec::new(),
     };
     let mut p = lexopt::Parser::from_env();
@@ -89,6 +104,11 @@ fn parse() -> Result<Args> {
             Long("quiet") | Short('q') => a.quiet = true,
             Long("records") => a.records = Some(p.value()?.parse()?),
             Long("keep") => a.keep = true,
+            Long("key") => a.key = Some(p.value()?.into()),
+            Long("keyid") => a.keyid = Some(p.value()?.string()?),
+            Long("type") => a.kind = Some(p.value()?.string()?),
+            Long("out") | Short('o') => a.out = Some(p.value()?.into()),
+            Long("detach") => a.detach = true,
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -110,7 +130,21 @@ fn parse() -> Result<Args> {
 fn is_word(v: &OsString) -> bool {
     matches!(
         v.to_str(),
-        Some("run" | "check-config" | "status" | "audit" | "verify" | "simulate" | "demo")
+        Some(
+            "run"
+                | "check-config"
+                | "status"
+                | "audit"
+                | "verify"
+                | "simulate"
+                | "demo"
+                | "request"
+                | "submit"
+                | "bundle"
+                | "sign"
+                | "cosign"
+                | "keygen"
+        )
     )
 }
 
@@ -154,6 +188,23 @@ pub fn main() -> Result<i32> {
             init_logging(&a.log_format, tracing::Level::WARN);
             demo::demo(a.records.unwrap_or(300), a.keep)
         }
+        ["request", "submit"] => ops::request_submit(&a.config, &a.rest, a.detach),
+        ["request", "status"] => ops::request_status(&a.config, &a.rest, a.json),
+        ["keygen"] => ops::keygen(&a.rest, a.out.as_deref()),
+        ["bundle", "sign"] => ops::bundle_sign(
+            a.key.as_deref(),
+            a.keyid.as_deref(),
+            a.kind.as_deref(),
+            &a.rest,
+            a.out.as_deref(),
+        ),
+        ["bundle", "cosign"] => ops::bundle_cosign(
+            a.key.as_deref(),
+            a.keyid.as_deref(),
+            &a.rest,
+            a.out.as_deref(),
+        ),
+        ["bundle", "verify"] => ops::bundle_verify(&a.config, &a.rest),
         [] => {
             eprintln!("{USAGE}");
             Ok(2)
@@ -172,7 +223,7 @@ fn run(a: &Args) -> Result<i32> {
         until_idle: a.until_idle,
         ..Default::default()
     };
-    let sum = exportd::agent::run(&cfg, opts, plugins())?;
+    let sum = exportd::agent::run(&cfg, opts)?;
     if a.until_idle {
         for f in &sum.failures {
             eprintln!("exportd: failed: {f}");
@@ -239,8 +290,9 @@ fn status(a: &Args) -> Result<i32> {
     let st = exportd::status::Status::read(&cfg.state_dir)
         .with_context(|| format!("reading {}/status.json", cfg.state_dir.display()))?;
     let jpath = cfg.state_dir.join("journal.log");
-    let journal = exportd::journal::Journal::open(exportd::journal::FileStore::new(jpath.clone()))
-        .with_context(|| format!("reading the journal {}", jpath.display()))?;
+    let journal =
+        exportd::journal::Journal::open_read_only(exportd::journal::FileStore::new(jpath.clone()))
+            .with_context(|| format!("reading the journal {}", jpath.display()))?;
     let (exp, skip, rej) = journal.counts();
     if a.json {
         let v = serde_json::json!({
