@@ -384,9 +384,9 @@ pub fn verify(state_dir: &Path) -> Result<VerifyReport, AuditError> {
             let (body, hash) = line.rsplit_once(';').unwrap_or((line, ""));
             let want = sha256_hex(body.as_bytes());
             if hash != want {
-                return Err(bad(format!(
-                    "row_hash does not match the row's content (row changed)"
-                )));
+                return Err(bad(
+                    "row_hash does not match the row's content (row changed)".into(),
+                ));
             }
             if Timestamp::parse_recorder(fields[0]).is_err() {
                 return Err(bad("bad timestamp".into()));

@@ -444,7 +444,7 @@ fn run(
     let rec = match record::parse(&plain_xml) {
         Ok(r) => r,
         Err(e) => {
-            let age = crate::time::Timestamp::now().0 as i64 * 1_000_000 - xml.mtime_ns;
+            let age = crate::time::Timestamp::now().0 * 1_000_000 - xml.mtime_ns;
             if opts.from_scan && age < YOUNG_NS {
                 return Ok((Outcome::Young(e.to_string()), None));
             }

@@ -105,6 +105,7 @@ pub struct RequestEnv<'a> {
     pub audit: &'a Mutex<AuditLog>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn audit_row(
     env: &RequestEnv<'_>,
     id: &str,

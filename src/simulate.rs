@@ -272,7 +272,7 @@ pub fn write_record(
     let secondary = rng.chance(10);
     let imported = rng.chance(3);
     let cdr_only = modality == "voice" && rng.chance(4);
-    let base = format!("{id}");
+    let base = id.clone();
     let mut files: Vec<(String, &str, Option<String>)> = Vec::new();
     let mut bytes = 0u64;
     let scale = opts.size_scale.max(0.0);

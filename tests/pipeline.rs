@@ -405,7 +405,12 @@ fn audit_verify_detects_a_one_byte_tamper() {
     let f = fs::read_dir(a.state.join("audit"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("audit-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("audit-")
+        })
         .unwrap();
     let mut b = fs::read(&f).unwrap();
     let text = String::from_utf8(b.clone()).unwrap();
