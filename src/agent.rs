@@ -309,10 +309,12 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
 
     // Keys folder: a new identity retries records waiting for one.
     if a.cfg.keys_dir.is_dir() {
-        let _ = stream.watches().add(
+        if let Ok(wd) = stream.watches().add(
             &a.cfg.keys_dir,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::ATTRIB,
-        );
+        ) {
+            a.watches.insert(wd, a.cfg.keys_dir.clone());
+        }
     }
     // The bundle inbox: signed configurations and export requests dropped as files.
     let inbox = crate::bundle::inbox::inbox_dir(&a.cfg.state_dir);
@@ -321,10 +323,12 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o700));
         }
-        let _ = stream.watches().add(
+        if let Ok(wd) = stream.watches().add(
             &inbox,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
-        );
+        ) {
+            a.watches.insert(wd, inbox.clone());
+        }
     }
     a.process_inbox();
     a.expire_requests();
