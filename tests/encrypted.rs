@@ -21,7 +21,11 @@ fn encrypt(data: &[u8], to: &Identity) -> Vec<u8> {
 
 fn write_key(dir: &Path, name: &str, id: &Identity) {
     let p = dir.join(name);
-    fs::write(&p, format!("# test identity\n{}\n", id.to_bech32().as_str())).unwrap();
+    fs::write(
+        &p,
+        format!("# test identity\n{}\n", id.to_bech32().as_str()),
+    )
+    .unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
@@ -40,7 +44,11 @@ fn write_encrypted(dir: &Path, id: &str, key: &Identity, media: &[u8]) -> Rec {
     let mut r = Rec::voice(id, "100");
     r.files = vec![("media".into(), format!("{id}.wav.age"), Vec::new())];
     fs::write(dir.join(format!("{id}.wav.age")), encrypt(media, key)).unwrap();
-    fs::write(dir.join(format!("{id}.xml.age")), encrypt(r.xml().as_bytes(), key)).unwrap();
+    fs::write(
+        dir.join(format!("{id}.xml.age")),
+        encrypt(r.xml().as_bytes(), key),
+    )
+    .unwrap();
     r
 }
 
@@ -57,7 +65,12 @@ fn decrypt_on_exports_plaintext_and_originals_stay_encrypted() {
     let r = write_encrypted(&a.spool.join("d"), "e1", &key, &media());
     let before = tree_state(&a.spool);
     let out = a.run_until_idle();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let f = a.targets[0].join("2026/11/21/u-1/e1");
     assert_eq!(fs::read(f.join("e1.wav")).unwrap(), media());
     assert_eq!(fs::read_to_string(f.join("e1.xml")).unwrap(), r.xml());
@@ -96,7 +109,11 @@ fn a_record_waits_for_its_identity_and_goes_when_it_is_added() {
     wait_for(Duration::from_secs(20), || {
         a.rows_with("error").iter().any(|r| r[11] == "no_identity")
     });
-    let row = a.rows_with("error").into_iter().find(|r| r[11] == "no_identity").unwrap();
+    let row = a
+        .rows_with("error")
+        .into_iter()
+        .find(|r| r[11] == "no_identity")
+        .unwrap();
     assert!(row[12].contains("no identity for record"), "{row:?}");
     assert!(files_below(&a.targets[0]).is_empty());
     // A world-readable key file is refused, the record keeps waiting.
@@ -104,7 +121,10 @@ fn a_record_waits_for_its_identity_and_goes_when_it_is_added() {
     fs::write(&loose, format!("{}\n", key.to_bech32().as_str())).unwrap();
     fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    assert!(files_below(&a.targets[0]).is_empty(), "a 0644 key file must be refused");
+    assert!(
+        files_below(&a.targets[0]).is_empty(),
+        "a 0644 key file must be refused"
+    );
     fs::remove_file(&loose).unwrap();
     // The right identity, properly protected: exported without a restart.
     write_key(&a.keys, "recorder.key", &key);
@@ -141,7 +161,9 @@ fn tampered_ciphertext_never_leaves_plaintext_under_a_final_name() {
     assert_eq!(out.status.code(), Some(1));
     let files = files_below(&a.targets[0]);
     assert!(
-        files.iter().all(|f| !f.ends_with(".wav") && !f.ends_with(".xml")),
+        files
+            .iter()
+            .all(|f| !f.ends_with(".wav") && !f.ends_with(".xml")),
         "no final name for a failed decryption: {files:?}"
     );
     assert!(
@@ -159,18 +181,36 @@ fn simulate_encrypt_to_round_trips_through_the_agent() {
     let key = Identity::generate();
     write_key(&a.keys, "recorder.key", &key);
     let out = std::process::Command::new(exe())
-        .args(["simulate", "--quiet", "--count", "40", "--users", "5", "--spool"])
+        .args([
+            "simulate", "--quiet", "--count", "40", "--users", "5", "--spool",
+        ])
         .arg(&a.spool)
         .args(["--encrypt-to", &key.recipient().to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cfg = exportd::simulate::config_toml("it", &a.spool, &a.state, &a.keys, &a.targets[0], 5, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg =
+        exportd::simulate::config_toml("it", &a.spool, &a.state, &a.keys, &a.targets[0], 5, true);
     a.write_config(&cfg);
     let out = a.run_until_idle();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let files = files_below(&a.targets[0]);
     assert!(!files.is_empty());
-    assert!(files.iter().all(|f| !f.ends_with(".age")), "all decrypted: {files:?}");
-    assert!(files.iter().any(|f| f.ends_with(".messages.json")), "IM records get messages.json: {files:?}");
+    assert!(
+        files.iter().all(|f| !f.ends_with(".age")),
+        "all decrypted: {files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with(".messages.json")),
+        "IM records get messages.json: {files:?}"
+    );
 }

@@ -88,6 +88,18 @@ impl Appliance {
             .unwrap()
     }
 
+    /// `exportd <args> --config <config> <positional...>`.
+    pub fn cmd_with(&self, args: &[&str], positional: &[&str]) -> Output {
+        Command::new(exe())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .args(positional)
+            .env("EXPORTD_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
     /// `exportd run --until-idle`, with a timeout.
     pub fn run_until_idle(&self) -> Output {
         let mut child = Command::new(exe())

@@ -1,0 +1,218 @@
+//! Chat records, compliance export requests and signed bundles through the
+//! real binary: `messages.json` beside exported transcripts, `request
+//! submit`/`status`, the bundle inbox of a running daemon, and `bundle
+//! sign`/`verify`/`keygen`.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+
+const TRANSCRIPT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<transcript conversation_id="c-77" kind="direct" title="Rates desk" owner="u-1">
+  <participants>
+    <participant id="u-1" address="u-1@corp.example" name="Ann Trader" internal="true"/>
+    <participant id="x-9" address="carl@partner.example" name="Carl" internal="false"/>
+  </participants>
+  <message id="m-1" timestamp="2026.11.21 23:59:07.120" from="u-1">Morning</message>
+  <message id="m-2" timestamp="2026.11.22 00:04:00.000" from="x-9" deleted="true" deleted_at="2026.11.22 00:05:00.000" deleted_by="x-9">oops</message>
+  <message id="m-3" timestamp="2026.11.22 00:06:00.000" from="u-1">v3 text<edit timestamp="2026.11.22 00:06:30.000" by="u-1">v1 text</edit><edit timestamp="2026.11.22 00:07:00.000" by="u-1">v2 text</edit></message>
+</transcript>
+"#;
+
+fn im_appliance() -> Appliance {
+    let a = Appliance::new(1);
+    let mut c = a.head(1);
+    c.push_str("[[policies]]\nid = \"p-chat\"\nname = \"Chat\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["sip:u-1@corp.example"], &["p-chat"]));
+    a.write_config(&c);
+    let mut r = Rec::voice("im-1", "sip:u-1@corp.example");
+    r.modality = "im".into();
+    r.platform = "symphony".into();
+    r.start = "2026.11.21 23:59:00.000".into();
+    r.files = vec![(
+        "transcript".into(),
+        "im-1.im".into(),
+        TRANSCRIPT.as_bytes().to_vec(),
+    )];
+    r.write(&a.spool.join("2026/11/21"));
+    a
+}
+
+#[test]
+fn im_records_get_messages_json() {
+    let a = im_appliance();
+    let out = a.run_until_idle();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = a.targets[0].join("2026/11/21/u-1/im-1");
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.join("im-1.messages.json")).unwrap()).unwrap();
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[0]["time"], "2026-11-21T23:59:07.120Z");
+    assert_eq!(msgs[1]["deleted"], true);
+    assert_eq!(msgs[1]["deleted_at"], "2026-11-22T00:05:00.000Z");
+    assert_eq!(msgs[2]["edits"].as_array().unwrap().len(), 2);
+    assert_eq!(msgs[2]["text"], "v3 text");
+    assert!(f.join("im-1.im").exists() && f.join("im-1.xml").exists());
+    let row = &a.rows_with("export")[0];
+    assert_eq!(row[3], "3", "transcript, messages.json, xml: {row:?}");
+}
+
+#[test]
+fn request_submit_and_status() {
+    let a = im_appliance();
+    let req = a.dir.path().join("req.json");
+    fs::write(
+        &req,
+        r#"{"request_id": "r-2026-11-25-1", "time_from": "2026-11-01T00:00:00Z", "time_to": "2026-11-30T00:00:00Z", "target": "t0", "users": ["u-1"], "modalities": ["im"], "format": "glip"}"#,
+    )
+    .unwrap();
+    let out = a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zip_path = a.targets[0].join("compliance-exports/r-2026-11-25-1.zip");
+    let mut z = zip::ZipArchive::new(fs::File::open(&zip_path).unwrap()).unwrap();
+    let names: Vec<String> = z.file_names().map(String::from).collect();
+    for want in [
+        "People_And_Groups/users.json",
+        "Teams/teams.json",
+        "People_Chats/c-77/2026-11-21.json",
+        "People_Chats/c-77/2026-11-22.json",
+        "request.json",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing in {names:?}"
+        );
+    }
+    let mut day2 = String::new();
+    z.by_name("People_Chats/c-77/2026-11-22.json")
+        .unwrap()
+        .read_to_string(&mut day2)
+        .unwrap();
+    let posts: serde_json::Value = serde_json::from_str(&day2).unwrap();
+    assert_eq!(posts.as_array().unwrap().len(), 2);
+    assert_eq!(posts[0]["deleted"], true);
+    assert_eq!(posts[1]["edits"].as_array().unwrap().len(), 2);
+
+    let st = a.cmd_with(&["request", "status", "--json"], &["r-2026-11-25-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v[0]["status"], "Completed", "{v}");
+    assert_eq!(v[0]["percent"], 100);
+    let steps: Vec<String> = a
+        .rows_with("request")
+        .iter()
+        .map(|r| r[11].clone())
+        .collect();
+    assert_eq!(steps, vec!["Accepted", "InProgress", "Completed"]);
+    // The same id again is refused; the zip is never overwritten.
+    let again = a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
+}
+
+fn pubkey(prefix: &std::path::Path) -> String {
+    fs::read_to_string(prefix.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn signed_bundles_through_the_inbox_of_a_running_daemon() {
+    let a = Appliance::new(1);
+    let key = a.dir.path().join("central");
+    let out = std::process::Command::new(exe())
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = a.head(1);
+    c.push_str(&format!(
+        "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
+        pubkey(&key)
+    ));
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+    let _d = a.spawn();
+
+    // Version 1 assigns extension 200 to a new user.
+    let payload = a.dir.path().join("v1.json");
+    fs::write(
+        &payload,
+        format!(
+            r#"{{"version": 1, "issued_at": "2026-11-25T10:00:00Z",
+               "targets": [{{"id": "t0", "kind": "fs", "path": "{}"}}],
+               "policies": [{{"id": "p", "name": "P", "targets": ["t0"]}}],
+               "users": [{{"id": "u-2", "name": "Bob", "email": "bob@corp.example", "extensions": ["200"], "policies": ["p"]}}]}}"#,
+            a.targets[0].display()
+        ),
+    )
+    .unwrap();
+    let bundle = a.dir.path().join("v1.bundle.json");
+    let s = std::process::Command::new(exe())
+        .args(["bundle", "sign", "--key"])
+        .arg(key.with_extension("key"))
+        .args(["--keyid", "central", "--type", "config"])
+        .arg(&payload)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let v = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+
+    let inbox = a.state.join("inbox");
+    fs::copy(&bundle, inbox.join(".0001.json.tmp")).unwrap();
+    fs::rename(inbox.join(".0001.json.tmp"), inbox.join("0001.json")).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        inbox.join("accepted/0001.json").exists()
+    });
+    Rec::voice("after-bundle", "200").write(&a.spool.join("x"));
+    wait_for(Duration::from_secs(20), || {
+        a.targets[0]
+            .join("2026/11/21/u-2/after-bundle/after-bundle.xml")
+            .exists()
+    });
+
+    // A replay of the same bundle is rejected, with a reason file and an audit row.
+    fs::copy(&bundle, inbox.join(".0002.json.tmp")).unwrap();
+    fs::rename(inbox.join(".0002.json.tmp"), inbox.join("0002.json")).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        inbox.join("rejected/0002.json.reason").exists()
+    });
+    let reason = fs::read_to_string(inbox.join("rejected/0002.json.reason")).unwrap();
+    assert!(reason.to_lowercase().contains("version"), "{reason}");
+    wait_for(Duration::from_secs(10), || a.rows_with("config").len() == 2);
+    let rows = a.rows_with("config");
+    assert_eq!(rows[0][1], "1");
+    assert_eq!(rows[0][11], "applied");
+    assert_ne!(rows[1][11], "applied");
+    let v2 = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
+    assert_eq!(v2.status.code(), Some(1), "a replay would be rejected");
+}
