@@ -182,6 +182,10 @@ struct Agent {
     shared_status: Arc<Mutex<Status>>,
     /// Wakes the central thread to report at once.
     central_kick: Option<std::sync::mpsc::Sender<()>>,
+    /// When each unfinished record was first queued (oldest pending age).
+    pending_since: HashMap<PathKey, Instant>,
+    /// The last configuration apply: success, unix seconds.
+    last_apply: Option<(bool, f64)>,
 }
 
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -298,12 +302,21 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
         next_expiry: None,
         shared_status: Arc::new(Mutex::new(Status::default())),
         central_kick: None,
+        pending_since: HashMap::new(),
+        last_apply: None,
     };
 
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| AgentError::Runtime(e.to_string()))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    // Test hook: with EXPORTD_TEST_STALL_ON_USR1=<seconds>, SIGUSR1 blocks the
+    // main loop that long (shows that watchdog pings stop when the loop is stuck).
+    let stall: Option<u64> = std::env::var("EXPORTD_TEST_STALL_ON_USR1")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut sigusr1 =
+        signal(SignalKind::user_defined1()).map_err(|e| AgentError::Runtime(e.to_string()))?;
     let mut sighup =
         signal(SignalKind::hangup()).map_err(|e| AgentError::Runtime(e.to_string()))?;
 
@@ -404,6 +417,12 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
             _ = sigterm.recv() => { info!("SIGTERM: finishing in-flight work"); stopping = true; a.queue.clear(); a.queued.clear(); crate::notify::notify("STOPPING=1"); }
             _ = sigint.recv() => { info!("SIGINT: finishing in-flight work"); stopping = true; a.queue.clear(); a.queued.clear(); }
             _ = sighup.recv() => { a.reload(); }
+            _ = sigusr1.recv() => {
+                if let Some(secs) = stall {
+                    warn!("test hook: stalling the main loop for {secs} s");
+                    std::thread::sleep(Duration::from_secs(secs));
+                }
+            }
         }
     }
     a.status.state = "stopped".into();
@@ -498,6 +517,7 @@ impl Agent {
     }
 
     fn enqueue_locked(&mut self, x: XmlRef, o: Options) {
+        self.pending_since.entry(x.key).or_insert_with(Instant::now);
         if self.inflight.contains(&x.key) {
             self.dirty.insert(x.key, x);
             return;
@@ -701,6 +721,7 @@ impl Agent {
     }
 
     fn forget(&mut self, key: PathKey) {
+        self.pending_since.remove(&key);
         self.incomplete.remove(&key);
         self.retry.remove(&key);
         self.blocked.remove(&key);
@@ -768,6 +789,7 @@ impl Agent {
         let prev_attempt = self.attempts.remove(&key);
         match rep.outcome {
             Outcome::Finished(out) => {
+                self.pending_since.remove(&key);
                 self.status.counts.seen += 1;
                 self.incomplete.remove(&key);
                 self.retry.remove(&key);
@@ -891,6 +913,26 @@ impl Agent {
         if let Err(e) = self.status.write(&self.cfg.state_dir) {
             warn!(
                 "cannot write {}/status.json: {e}",
+                self.cfg.state_dir.display()
+            );
+        }
+        let oldest = self
+            .pending_since
+            .values()
+            .min()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let gauges = crate::metrics::Gauges {
+            oldest_pending_age_s: (oldest * 1000.0).round() / 1000.0,
+            last_apply_ok: self.last_apply.map(|a| a.0),
+            last_apply_at: self.last_apply.map(|a| a.1),
+        };
+        if let Err(e) = crate::metrics::write(
+            &self.cfg.state_dir,
+            &crate::metrics::render(&self.status, &gauges),
+        ) {
+            warn!(
+                "cannot write {}/metrics/exportd.prom: {e}",
                 self.cfg.state_dir.display()
             );
         }
@@ -1035,6 +1077,7 @@ impl Agent {
                     info!("{desc}");
                 }
                 self.config_row(Action::Config, &version.to_string(), code, desc);
+                self.last_apply = Some((res.is_ok(), Timestamp::now().0 as f64 / 1000.0));
                 if res.is_ok() {
                     self.model = Arc::new(c.model);
                 }
@@ -1056,6 +1099,7 @@ impl Agent {
                 let reason = format!("{source}: {}", e.one_line());
                 warn!("bundle rejected: {reason}");
                 self.status.last_rejection = Some(format!("{} {reason}", now.rfc3339()));
+                self.last_apply = Some((false, now.0 as f64 / 1000.0));
                 self.config_row(Action::Config, "", e.code(), reason);
             }
         }

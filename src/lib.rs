@@ -15,6 +15,7 @@ pub mod im;
 pub mod journal;
 pub mod layout;
 pub mod matcher;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod record;

@@ -45,20 +45,41 @@ fn dual_archive_to_folder_and_locked_bucket() {
     let r = Rec::voice("dual-1", "100");
     r.write(&a.spool.join("d"));
     let out = a.run_until_idle();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(a.targets[0].join("2026/11/21/u-1/dual-1/dual-1.xml").exists());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        a.targets[0]
+            .join("2026/11/21/u-1/dual-1/dual-1.xml")
+            .exists()
+    );
     assert_eq!(a.rows_with("export").len(), 1);
-    assert!(a.rows_with("error").iter().any(|r| r[11] == "target_unavailable"));
+    assert!(
+        a.rows_with("error")
+            .iter()
+            .any(|r| r[11] == "target_unavailable")
+    );
 
     // S3 back: only the S3 copy is made now; the backlog survived the restart.
     write(&moto.endpoint());
     let out = a.run_until_idle();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let exports = a.rows_with("export");
     assert_eq!(exports.len(), 2, "{exports:?}");
     let s3row = exports.iter().find(|r| r[8] == "s3").unwrap();
     assert_eq!(s3row[9], "2026/11/21/u-1/dual-1");
-    assert!(s3row[12].contains("mode=COMPLIANCE") && s3row[12].contains("version_id="), "{s3row:?}");
+    assert!(
+        s3row[12].contains("mode=COMPLIANCE") && s3row[12].contains("version_id="),
+        "{s3row:?}"
+    );
     let key = "ny/2026/11/21/u-1/dual-1/dual-1.wav";
     let (sha, len) = moto.get("agent-dual", key);
     let want = fs::read(a.spool.join("d/dual-1.wav")).unwrap();
@@ -72,8 +93,21 @@ fn dual_archive_to_folder_and_locked_bucket() {
     let body = fs::read(&x).unwrap();
     fs::write(&x, body).unwrap();
     let out = a.run_until_idle();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(moto.versions("agent-dual", key).len(), 1, "no second version");
-    assert_eq!(moto.versions("agent-dual", "ny/2026/11/21/u-1/dual-1/dual-1.xml").len(), 1);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        moto.versions("agent-dual", key).len(),
+        1,
+        "no second version"
+    );
+    assert_eq!(
+        moto.versions("agent-dual", "ny/2026/11/21/u-1/dual-1/dual-1.xml")
+            .len(),
+        1
+    );
     assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
 }
