@@ -6,7 +6,6 @@
 mod common;
 
 #[path = "support/s3_moto.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::fs;
