@@ -3,9 +3,7 @@
 //! Every file is written as a hidden temp name in its final folder, fsynced,
 //! renamed to its final name with `RENAME_NOREPLACE` (so a final name is
 //! never overwritten), then the folder is fsynced. Newly created folders are
-//! fsynced into their parents. The target root itself is never created: a
-//! missing root usually means an unmounted share, and writing into the mount
-//! point would fill the appliance's own disk.
+//! fsynced into their parents (the target root too, when it does not exist yet).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -63,6 +61,13 @@ impl FsTarget {
                     "target root {} is not a folder",
                     self.root.display()
                 )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.root)
+                    .map_err(|e| self.io_err("create target root", &self.root, e))?;
+                if let Some(parent) = self.root.parent() {
+                    sync_dir(parent).map_err(|e| self.io_err("fsync folder", parent, e))?;
+                }
             }
             Err(e) => {
                 return Err(TargetError::Transient(format!(
@@ -331,19 +336,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_root_is_not_created() {
-        let d = tempdir().join("unmounted");
+    fn missing_root_is_created() {
+        let d = tempdir().join("new-archive");
         let t = target(&d);
         let req = PutRequest {
             folder: "f",
             name: "y",
             want_sha512: false,
         };
-        assert!(matches!(
-            t.put(&req, &BytesSource(b"1")),
-            Err(TargetError::Transient(_))
-        ));
-        assert!(!d.exists());
+        assert!(t.put(&req, &BytesSource(b"1")).is_ok());
+        assert_eq!(fs::read(d.join("f/y")).unwrap(), b"1");
     }
 
     fn tempdir() -> PathBuf {
