@@ -70,7 +70,9 @@
 //!   and mail alike) or their participant id matches. The recorded party is
 //!   found by `recorded_extension`, else the user's e-mail, else the user's id
 //!   as a participant id; it gets the user's name and e-mail when it lacks
-//!   them, and `exportd.user_id`.
+//!   them, and `exportd.user_id`. When the user's e-mail or id names another
+//!   listed party (a chat participant while the recorded line is a phone
+//!   number), the two are merged into one party, at the earlier index.
 //! - **Dialogs** (`type`, `start`, `parties`, `mediatype`, ...):
 //!   - a decrypted (or never encrypted) media file whose extension is a
 //!     recording type is a `recording` dialog: `start` = record start,
@@ -378,6 +380,7 @@ struct DialogJ<'a> {
     application: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "DialogExt::is_empty")]
     exportd: DialogExt<'a>,
 }
 
@@ -395,6 +398,17 @@ struct DialogExt<'a> {
     deleted_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     edits: Vec<EditExt<'a>>,
+}
+
+impl DialogExt<'_> {
+    fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.size.is_none()
+            && !self.deleted
+            && self.deleted_at.is_none()
+            && self.deleted_by.is_none()
+            && self.edits.is_empty()
+    }
 }
 
 #[derive(Serialize)]
@@ -654,6 +668,37 @@ impl Parties {
         }
     }
 
+    /// Merges party `j` into party `i` and removes `j`; returns `i`'s new
+    /// index.
+    fn absorb(&mut self, i: usize, j: usize) -> usize {
+        let q = self.0.remove(j);
+        let i = if j < i { i - 1 } else { i };
+        let p = &mut self.0[i];
+        p.tel = p.tel.take().or(q.tel);
+        p.sip = p.sip.take().or(q.sip);
+        p.mailto = p.mailto.take().or(q.mailto);
+        p.name = p.name.take().or(q.name);
+        for k in q.keys {
+            if !p.keys.contains(&k) {
+                p.keys.push(k);
+            }
+        }
+        for a in q.ext.addresses {
+            if !p.ext.addresses.contains(&a) {
+                p.ext.addresses.push(a);
+            }
+        }
+        p.ext.id = p.ext.id.take().or(q.ext.id);
+        p.ext.internal = p.ext.internal.or(q.ext.internal);
+        p.ext.user_id = p.ext.user_id.take().or(q.ext.user_id);
+        for r in q.ext.roles {
+            if !p.ext.roles.contains(&r) {
+                p.ext.roles.push(r);
+            }
+        }
+        i
+    }
+
     fn into_json(self) -> Vec<PartyJ> {
         self.0
             .into_iter()
@@ -714,6 +759,17 @@ fn build_parties(rec: &Record, user: &VconUser<'_>, t: Option<&Transcript>) -> (
         }
         None => ps.add(&rec.recorded_extension, None, None, None, "recorded"),
     };
+    // The user's mail address or id may name a party already listed apart
+    // (a chat participant, when the recorded line is a phone number): it is
+    // the same person, so the two become one (no index is handed out yet).
+    let mut recorded = recorded;
+    let same = addr_key(user.email)
+        .and_then(|k| ps.by_key(&k))
+        .or_else(|| non_empty(user.id).and_then(|id| ps.by_id(id)));
+    if let Some(j) = same.filter(|&j| j != recorded) {
+        // The later one goes into the earlier one: the source stays index 0.
+        recorded = ps.absorb(recorded.min(j), recorded.max(j));
+    }
     if let Some(e) = non_empty(user.email) {
         ps.merge(recorded, e, None, None, None, "recorded");
     }
@@ -1398,6 +1454,29 @@ mod tests {
             serde_json::json!(["TRD-0001"])
         );
         assert_eq!(p[3]["exportd"]["internal"], false);
+    }
+
+    #[test]
+    fn recorded_line_and_user_participant_are_one_party() {
+        let extra = r#"<participants><participant id="u-1001" address="ann@corp.example" name="Ann T." internal="true"/><participant id="x-9" address="carl@partner.example" name="Carl" internal="false"/></participants>"#;
+        let rec = record("im", false, extra, "");
+        let t = Transcript::from_bytes(TRANSCRIPT.as_bytes()).unwrap();
+        let v = build(&rec, &[], Some(&t));
+        let p = v["parties"].as_array().unwrap();
+        // Source, destination (= recorded line = Ann), Carl.
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p[1]["tel"], "+12125550100");
+        assert_eq!(p[1]["mailto"], "ann@corp.example");
+        assert_eq!(p[1]["name"], "Ann Trader");
+        assert_eq!(p[1]["exportd"]["id"], "u-1001");
+        assert_eq!(
+            p[1]["exportd"]["roles"],
+            serde_json::json!(["destination", "recorded", "participant"])
+        );
+        // Ann's messages come from party 1, to Carl (2).
+        assert_eq!(v["dialog"][0]["parties"], serde_json::json!([1, 2]));
+        assert_eq!(v["dialog"][1]["parties"], serde_json::json!([2, 1]));
+        assert!(v["dialog"][0].get("exportd").is_none());
     }
 
     #[test]
