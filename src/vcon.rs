@@ -280,6 +280,33 @@ pub fn generated_file<'a>(name: &'a str, role: ExportedRole, bytes: &[u8]) -> Ex
     }
 }
 
+/// The vCon of a record as the export engine's generator hook needs it:
+/// `(name, bytes)` of `<id>.vcon.json`.
+///
+/// `decrypt` is the policy's `settings.decrypt`; `written` the content files
+/// the engine wrote (with their SHA-512, see [`exported_files`]);
+/// `generated` the files the hook generated before the vCon: the one named
+/// `<id>.messages.json` is referenced (hashed here from its bytes), others
+/// are not. `transcript` is the parsed IM transcript, when there is one.
+pub fn generate(
+    rec: &Record,
+    user: VconUser<'_>,
+    decrypt: bool,
+    written: &[Written],
+    generated: &[(String, Vec<u8>)],
+    transcript: Option<&Transcript>,
+) -> Result<(String, Vec<u8>), String> {
+    let mut files = exported_files(rec, decrypt, written)?;
+    let messages = format!("{}.messages.json", layout::sanitize_component(&rec.id));
+    if let Some((name, bytes)) = generated.iter().find(|(n, _)| *n == messages) {
+        files.push(generated_file(name, ExportedRole::Messages, bytes));
+    }
+    Ok((
+        vcon_name(&rec.id),
+        build_vcon(rec, user, &files, transcript),
+    ))
+}
+
 /// The file name of a record's vCon: `<id>.vcon.json` (sanitised like every
 /// name in the record folder).
 pub fn vcon_name(record_id: &str) -> String {
@@ -1512,6 +1539,36 @@ mod tests {
             vcon_name("a/b"),
             format!("{}.vcon.json", layout::sanitize_component("a/b"))
         );
+    }
+
+    #[test]
+    fn generate_for_the_engine_hook() {
+        let rec = record(
+            "im",
+            false,
+            "",
+            r#"<file role="transcript">chat.im.age</file>"#,
+        );
+        let t = Transcript::from_bytes(TRANSCRIPT.as_bytes()).unwrap();
+        let mj = crate::im::messages_json(&t, &rec.id);
+        let written: Vec<Written> = vec![("chat.im".into(), [0; 32], Some([7; 64]), 680)];
+        let generated = vec![
+            (format!("{ID}.messages.json"), mj.clone()),
+            ("unrelated.txt".to_string(), b"x".to_vec()),
+        ];
+        let (name, bytes) = generate(&rec, user(), true, &written, &generated, Some(&t)).unwrap();
+        assert_eq!(name, format!("{ID}.vcon.json"));
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let a = v["attachments"].as_array().unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0]["content_hash"], content_hash(&[7; 64]));
+        assert_eq!(a[1]["purpose"], "messages");
+        assert_eq!(
+            a[1]["content_hash"],
+            content_hash(&Sha512::digest(&mj).into())
+        );
+        assert_eq!(a[1]["exportd"]["size"], mj.len());
+        assert_eq!(v["dialog"].as_array().unwrap().len(), 3);
     }
 
     #[test]
