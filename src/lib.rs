@@ -26,4 +26,5 @@ pub mod spool;
 pub mod status;
 pub mod target;
 pub mod time;
+pub mod vcon;
 pub mod xml;
