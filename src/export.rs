@@ -299,9 +299,11 @@ fn extras(
     folder: &Path,
     root: &Path,
     keys: &dyn Keys,
-    _written: &[Written],
+    user: &crate::snapshot::UserView<'_>,
+    written: &[Written],
 ) -> Result<Generated, String> {
     let mut out = Vec::new();
+    let mut transcript: Option<crate::im::Transcript> = None;
     if rec.modality == Modality::Im {
         let t = rec.files.iter().find(|f| {
             let n = f.base_name();
@@ -332,8 +334,24 @@ fn extras(
                     ),
                     crate::im::messages_json(&tr, &rec.id),
                 ));
+                transcript = Some(tr);
             }
         }
+    }
+    if cp.policy.settings.vcon {
+        let v = crate::vcon::generate(
+            rec,
+            crate::vcon::VconUser {
+                id: user.id,
+                name: user.name,
+                email: user.email,
+            },
+            cp.policy.settings.decrypt,
+            written,
+            &out,
+            transcript.as_ref(),
+        )?;
+        out.push(v);
     }
     Ok(out)
 }
@@ -599,6 +617,7 @@ fn run(
                 &raw_xml,
                 &plain_xml,
                 xml.encrypted(),
+                &user,
             );
             let mut row = w.base(Some(&rec));
             row.policy_id = cp.policy.id.clone();
@@ -732,6 +751,7 @@ fn copy_one(
     raw_xml: &[u8],
     plain_xml: &[u8],
     xml_encrypted: bool,
+    user: &crate::snapshot::UserView<'_>,
 ) -> Result<CopyDone, CopyError> {
     let mut written: Vec<Written> = Vec::new();
     let mut details = Vec::new();
@@ -759,8 +779,16 @@ fn copy_one(
         written.push((f.out_name.clone(), r.sha256, r.sha512, r.bytes));
     }
     {
-        let extra = extras(rec, cp, folder, root_canon, ctx.keys.as_ref(), &written)
-            .map_err(CopyError::Generate)?;
+        let extra = extras(
+            rec,
+            cp,
+            folder,
+            root_canon,
+            ctx.keys.as_ref(),
+            user,
+            &written,
+        )
+        .map_err(CopyError::Generate)?;
         for (name, bytes) in extra {
             let req = PutRequest {
                 folder: dst,

@@ -303,3 +303,102 @@ fn every_vcon_of_a_simulated_spool_validates() {
         println!("kept: {}", tmp.keep().display());
     }
 }
+
+fn files_named(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_named(&p, suffix, out);
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+}
+
+/// The vCons the agent itself writes beside every exported record validate too.
+#[test]
+fn vcons_written_by_the_agent_validate() {
+    if std::env::var("EXPORTD_LANE").as_deref() == Ok("qemu") {
+        println!("skipped: EXPORTD_LANE=qemu (no Python in the VM)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, state, keys, target) = (
+        tmp.path().join("spool"),
+        tmp.path().join("state"),
+        tmp.path().join("keys"),
+        tmp.path().join("archive"),
+    );
+    let st = Command::new(exportd_bin())
+        .args([
+            "simulate", "--quiet", "--count", "60", "--seed", "2", "--users", "8", "--spool",
+        ])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cfg = exportd::simulate::config_toml("vc", &spool, &state, &keys, &target, 8, true)
+        .replace(
+            "im_attachments = true }",
+            "im_attachments = true, vcon = true }",
+        );
+    let cfg_path = tmp.path().join("exportd.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = Command::new(exportd_bin())
+        .args(["run", "--until-idle", "--config"])
+        .arg(&cfg_path)
+        .env("EXPORTD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut vcons = Vec::new();
+    files_named(&target, ".vcon.json", &mut vcons);
+    let mut xmls = Vec::new();
+    files_named(&target, ".xml", &mut xmls);
+    assert!(vcons.len() > 30, "{}", vcons.len());
+    assert_eq!(
+        vcons.len(),
+        xmls.len(),
+        "one vCon per exported record folder"
+    );
+
+    let py = python();
+    if let Err(why) = python_ready(&py) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        println!("skipped the Python validation: {why}");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/vcon_validate.py");
+    let report_path = tmp.path().join("report.json");
+    let out = Command::new(&py)
+        .args(["-W", "ignore"])
+        .arg(&script)
+        .arg(&report_path)
+        .args(&vcons)
+        .output()
+        .expect("run the validator");
+    assert!(
+        out.status.success(),
+        "validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), vcons.len());
+    for r in results {
+        assert_eq!(r["valid"], true, "{r}");
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(r["hash_mismatches"], serde_json::json!([]), "{r}");
+    }
+    println!(
+        "agent-written vCons: {} valid, every content_hash matches its exported file",
+        results.len()
+    );
+}
