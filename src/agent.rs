@@ -1227,7 +1227,8 @@ impl Agent {
         let shared = self.shared_status.clone();
         let state_dir = self.cfg.state_dir.clone();
         let agent_id = self.cfg.agent_id.clone();
-        let heartbeat = Duration::from_secs(central.heartbeat_s.max(5));
+        let heartbeat = Duration::from_secs(central.heartbeat_s.max(1));
+        let poll_interval = Duration::from_secs(central.poll_interval_s.max(1));
         std::thread::Builder::new()
             .name("central".into())
             .spawn(move || {
@@ -1243,6 +1244,7 @@ impl Agent {
                             Err(e) => warn!("status report to central failed: {e}"),
                         }
                     }
+                    let poll_started = Instant::now();
                     let res = {
                         let mut st = bundle.lock().unwrap_or_else(|p| p.into_inner());
                         let after = st.version();
@@ -1265,7 +1267,17 @@ impl Agent {
                         }
                     };
                     match res {
-                        Ok(FetchOutcome::NothingNew) => backoff.reset(),
+                        Ok(FetchOutcome::NothingNew) => {
+                            backoff.reset();
+                            // Central answered without holding the request: do
+                            // not hammer it; wait (a status report may wake us).
+                            let spent = poll_started.elapsed();
+                            if spent < poll_interval {
+                                if kick_rx.recv_timeout(poll_interval - spent).is_ok() {
+                                    last_report = Instant::now() - heartbeat;
+                                }
+                            }
+                        }
                         Ok(out) => {
                             backoff.reset();
                             if tx.send(Msg::Central(out)).is_err() {

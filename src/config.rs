@@ -21,6 +21,14 @@ pub struct Central {
     /// Heartbeat interval for status reports, seconds.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_s: u64,
+    /// Shortest interval between two bundle polls when central answers at
+    /// once instead of holding the request (long-poll), seconds.
+    #[serde(default = "default_poll")]
+    pub poll_interval_s: u64,
+}
+
+fn default_poll() -> u64 {
+    30
 }
 
 fn default_heartbeat() -> u64 {
