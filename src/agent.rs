@@ -1272,10 +1272,10 @@ impl Agent {
                             // Central answered without holding the request: do
                             // not hammer it; wait (a status report may wake us).
                             let spent = poll_started.elapsed();
-                            if spent < poll_interval {
-                                if kick_rx.recv_timeout(poll_interval - spent).is_ok() {
-                                    last_report = Instant::now() - heartbeat;
-                                }
+                            if spent < poll_interval
+                                && kick_rx.recv_timeout(poll_interval - spent).is_ok()
+                            {
+                                last_report = Instant::now() - heartbeat;
                             }
                         }
                         Ok(out) => {
