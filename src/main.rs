@@ -9,7 +9,16 @@ fn main() {
     let code = match cli::main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("exportd: error: {e:#}");
+            // The chain, without causes already spelled out by the message above them.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("exportd: error: {msg}");
             2
         }
     };

@@ -159,19 +159,48 @@ fn init_logging(format: &str, default: tracing::Level) {
         .ok()
         .and_then(|s| s.parse::<tracing::Level>().ok())
         .unwrap_or(default);
+    // Under systemd, stderr goes to the journal: use its level prefixes.
+    let format = if format == "text" && std::env::var_os("JOURNAL_STREAM").is_some() {
+        "journal"
+    } else {
+        format
+    };
     let b = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
         "json" => b.json().try_init(),
-        "journal" => b
-            .without_time()
-            .with_ansi(false)
-            .with_level(true)
-            .try_init(),
+        "journal" => b.with_ansi(false).event_format(JournalFormat).try_init(),
         _ => b.with_ansi(false).try_init(),
     };
+}
+
+/// One line per event with the `<N>` priority prefix journald understands
+/// (sd-daemon(3)), no timestamp (the journal adds its own).
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prio = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{prio}>")?;
+        tracing_subscriber::fmt::FormatFields::format_fields(ctx, writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Runs the command line; returns the exit code.
