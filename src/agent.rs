@@ -221,6 +221,12 @@ pub fn make_ctx(cfg: &LocalConfig) -> Result<Ctx, AgentError> {
     let model = model_in_force(cfg);
     let snap = install_snapshot(&cfg.state_dir, &model)?;
     let targets = build_targets(&snap)?;
+    for t in &targets {
+        let n = t.recover();
+        if n > 0 {
+            info!(target = %t.spec().id, "removed {n} temp files left by an interrupted run");
+        }
+    }
     let keys: Arc<dyn Keys> = export::load_keys(&cfg.keys_dir);
     let roots = cfg
         .spool

@@ -18,10 +18,16 @@ use crate::model::TargetSpec;
 /// Copy buffer size.
 const BUF: usize = 256 << 10;
 
+/// The hidden folder below the target root where files are written before
+/// they are renamed into their record folder (same file system, so the rename
+/// is atomic). Nothing in it is ever a final name.
+pub const TMP_DIR: &str = ".exportd-tmp";
+
 /// A folder target.
 pub struct FsTarget {
     spec: TargetSpec,
     root: PathBuf,
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl FsTarget {
@@ -30,7 +36,41 @@ impl FsTarget {
         FsTarget {
             root: spec.path.clone().unwrap_or_default(),
             spec: spec.clone(),
+            seq: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Removes temp files left by a process that is gone (a crash mid-copy).
+    /// Temp files are named `<pid>-<seq>`; those of live processes stay.
+    pub fn remove_stale_temps(&self) -> usize {
+        let dir = self.root.join(TMP_DIR);
+        let Ok(rd) = fs::read_dir(&dir) else { return 0 };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let pid = name.split('-').next().unwrap_or("");
+            let alive = !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && Path::new("/proc").join(pid).exists();
+            if !alive && fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn tmp_path(&self) -> Result<PathBuf, TargetError> {
+        let dir = self.root.join(TMP_DIR);
+        if !dir.is_dir() {
+            match fs::create_dir(&dir) {
+                Ok(()) => sync_dir(&self.root).map_err(|e| self.io_err("fsync folder", &self.root, e))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.io_err("create folder", &dir, e)),
+            }
+        }
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(dir.join(format!("{}-{n}", std::process::id())))
     }
 
     /// The target root.
@@ -154,12 +194,11 @@ impl Target for FsTarget {
     fn put(&self, req: &PutRequest<'_>, src: &dyn Source) -> Result<PutReceipt, TargetError> {
         let dir = self.ensure_folder(req.folder)?;
         let final_path = dir.join(req.name);
-        let tmp_path = dir.join(format!(".{}.exportd-tmp", req.name));
+        let tmp_path = self.tmp_path()?;
 
         let mut out = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o640)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&tmp_path)
@@ -247,6 +286,10 @@ impl Target for FsTarget {
         }
     }
 
+    fn recover(&self) -> usize {
+        self.remove_stale_temps()
+    }
+
     fn describe(&self, folder: &str) -> String {
         self.root.join(folder).display().to_string()
     }
@@ -315,6 +358,7 @@ mod tests {
         let err = t.put(&req, &BytesSource(b"other")).unwrap_err();
         assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
         assert_eq!(fs::read(d.join("a/b/x.wav")).unwrap(), b"hello");
+        assert_eq!(fs::read_dir(d.join(TMP_DIR)).unwrap().count(), 0, "no temp left");
         let names: Vec<_> = fs::read_dir(d.join("a/b"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -333,6 +377,7 @@ mod tests {
         };
         assert!(matches!(t.put(&req, &Failing), Err(TargetError::Source(_))));
         assert_eq!(fs::read_dir(d.join("f")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(d.join(TMP_DIR)).unwrap().count(), 0);
     }
 
     #[test]

@@ -113,4 +113,10 @@ pub trait Target: Send + Sync {
 
     /// A human-readable location of a record folder, for logs and errors.
     fn describe(&self, folder: &str) -> String;
+
+    /// Cleans up after a crash (e.g. temp files of a dead process); called
+    /// when the target is set up by the daemon. Returns what was removed.
+    fn recover(&self) -> usize {
+        0
+    }
 }
