@@ -15,7 +15,8 @@
 #     Unpacking needs none of the foreign runtime libraries (and keeps a second
 #     libc6:arm64 out of /lib, the root of the qemu-user hang in the note).
 #   - gcc + libc6-dev cross toolchains for aarch64 and armhf (+ their binutils:
-#     aarch64-linux-gnu-strip, arm-linux-gnueabihf-strip), host binutils, cpio
+#     aarch64-linux-gnu-strip, arm-linux-gnueabihf-strip), host binutils, cpio,
+#     jq (cross/build reads cargo's JSON with it)
 #   - qemu-user + qemu-system-arm from backports, --no-install-recommends
 #
 # rustup's toolchain stays the driver: /root/.cargo/bin (cargo/rustc 1.95) comes
@@ -41,7 +42,7 @@ fi
 # name[:arch]=version ("" = any version); checked with one dpkg-query call
 PINNED=("rustc-web=$V" "libstd-rust-web-dev=$V")
 PLAIN=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-       binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf binutils cpio gzip)
+       binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf binutils cpio gzip jq)
 BPO=(qemu-user qemu-system-arm)
 
 missing() {  # prints the package specs that are absent or at the wrong version
