@@ -113,11 +113,13 @@ for f in ld-linux-aarch64.so.1 libnss_files.so.2 libnss_dns.so.2 libresolv.so.2;
 } > $R/lane/env
 printf '%s\n' "$TEST_ARGS" > $R/lane/test-args
 echo "$TEST_TIMEOUT" > $R/lane/test-timeout
+# /tmp is not a separate tmpfs: the initramfs root is already in RAM, and a
+# mount there would hide a crate that lives under /tmp (a fresh CI clone).
 cat > $R/init <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mkdir -p /dev/shm; mount -t tmpfs shm /dev/shm
+mount -t tmpfs run /run; chmod 1777 /tmp; mkdir -p /dev/shm; mount -t tmpfs shm /dev/shm
 ln -sf /proc/self/fd /dev/fd 2>/dev/null; hostname lane; ifconfig lo 127.0.0.1 up 2>/dev/null
 . /lane/env
 echo "@@LANE START kernel=$(uname -r) cpus=$(nproc) up=$(cut -d' ' -f1 /proc/uptime)"
