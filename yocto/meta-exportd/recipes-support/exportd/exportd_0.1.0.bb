@@ -1,0 +1,69 @@
+SUMMARY = "exportd - direct-export agent for call-recording appliances"
+DESCRIPTION = "Watches the recorder spool and archives every conversation \
+exactly once to a folder or S3 target."
+HOMEPAGE = "https://exportd.invalid/"
+SECTION = "utils"
+CVE_PRODUCT = "exportd"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+# Where the sources come from: set both in local.conf or a .bbappend, e.g.
+#   EXPORTD_SRC_URI = "git://git.example.com/exportd.git;protocol=ssh;branch=main"
+#   SRCREV:pn-exportd = "<commit>"
+# (or, for a developer checkout: INHERIT += "externalsrc"
+#  EXTERNALSRC:pn-exportd = "/path/to/exportd")
+EXPORTD_SRC_URI ??= "git://git.example.invalid/exportd.git;protocol=https;branch=main"
+SRC_URI = "${EXPORTD_SRC_URI}"
+# Release images must pin SRCREV; AUTOREV (the default) follows the branch head.
+SRCREV ??= "${AUTOREV}"
+# S is left at its default: from whinlatter (5.3) on the git fetcher unpacks
+# into ${UNPACKDIR}/${BP}, which is the default S. (Older series with
+# meta-rust-bin: S = "${WORKDIR}/git".)
+
+# Sample configuration inside the source tree, installed as the default
+# /etc/exportd/exportd.toml (a conffile: upgrades keep local edits).
+EXPORTD_DEFAULT_CONFIG ??= "examples/exportd.toml"
+
+# Crate sources (crate:// URIs + checksums) from Cargo.lock. Regenerate after
+# every Cargo.lock change: yocto/gen-crates-inc.sh (or bitbake -c update_crates exportd).
+require ${BPN}-crates.inc
+
+inherit cargo cargo-update-recipe-crates systemd useradd
+
+# Cargo.toml's [profile.release] (lto, codegen-units=1, panic=abort, strip)
+# applies; the image's own stripping/debug split still runs on the result.
+CARGO_BUILD_FLAGS:append = " --bin exportd"
+
+SYSTEMD_SERVICE:${PN} = "exportd.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+
+# The user must exist in read-only root file systems too, where
+# systemd-sysusers cannot write /etc/passwd at boot: create it at build time;
+# the sysusers.d file (same user) stays for systemd's bookkeeping.
+USERADD_PACKAGES = "${PN}"
+USERADD_PARAM:${PN} = "--system --user-group --home-dir ${localstatedir}/lib/exportd --no-create-home \
+    --shell /sbin/nologin --comment 'exportd call-recording export agent' exportd"
+
+do_install:append() {
+    # cargo.bbclass has installed ${bindir}/exportd
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${S}/systemd/exportd.service ${D}${systemd_system_unitdir}/exportd.service
+    install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/exportd.sysusers ${D}${nonarch_libdir}/sysusers.d/exportd.conf
+    install -m 0644 ${S}/systemd/exportd.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/exportd.conf
+
+    install -d -m 0750 -o root -g exportd ${D}${sysconfdir}/exportd
+    install -d -m 0700 -o exportd -g exportd ${D}${sysconfdir}/exportd/keys
+    if [ ! -f ${S}/${EXPORTD_DEFAULT_CONFIG} ]; then
+        bbfatal "no sample configuration at ${EXPORTD_DEFAULT_CONFIG} in the source tree (set EXPORTD_DEFAULT_CONFIG)"
+    fi
+    install -m 0640 -o root -g exportd ${S}/${EXPORTD_DEFAULT_CONFIG} ${D}${sysconfdir}/exportd/exportd.toml
+}
+
+FILES:${PN} += "\
+    ${systemd_system_unitdir}/exportd.service \
+    ${nonarch_libdir}/sysusers.d/exportd.conf \
+    ${nonarch_libdir}/tmpfiles.d/exportd.conf \
+    ${sysconfdir}/exportd \
+"
+CONFFILES:${PN} = "${sysconfdir}/exportd/exportd.toml"
