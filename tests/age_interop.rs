@@ -18,6 +18,12 @@ const ENC_CHUNK: usize = CHUNK + 16;
 
 /// Whether the age CLI can be used; panics under CI=true when it cannot.
 fn age_cli_available(test: &str) -> bool {
+    if std::env::var("EXPORTD_LANE").is_ok_and(|l| l.starts_with("qemu")) {
+        eprintln!(
+            "SKIPPED {test}: EXPORTD_LANE: no age CLI for the board's architecture in the lane"
+        );
+        return false;
+    }
     let ok = |bin: &str, arg: &str| {
         Command::new(bin)
             .arg(arg)

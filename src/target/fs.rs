@@ -64,7 +64,9 @@ impl FsTarget {
         let dir = self.root.join(TMP_DIR);
         if !dir.is_dir() {
             match fs::create_dir(&dir) {
-                Ok(()) => sync_dir(&self.root).map_err(|e| self.io_err("fsync folder", &self.root, e))?,
+                Ok(()) => {
+                    sync_dir(&self.root).map_err(|e| self.io_err("fsync folder", &self.root, e))?
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(self.io_err("create folder", &dir, e)),
             }
@@ -358,7 +360,11 @@ mod tests {
         let err = t.put(&req, &BytesSource(b"other")).unwrap_err();
         assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
         assert_eq!(fs::read(d.join("a/b/x.wav")).unwrap(), b"hello");
-        assert_eq!(fs::read_dir(d.join(TMP_DIR)).unwrap().count(), 0, "no temp left");
+        assert_eq!(
+            fs::read_dir(d.join(TMP_DIR)).unwrap().count(),
+            0,
+            "no temp left"
+        );
         let names: Vec<_> = fs::read_dir(d.join("a/b"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
