@@ -170,8 +170,6 @@ struct Agent {
     status_dirty: bool,
     keys_fp: [u8; 32],
     tx: mpsc::UnboundedSender<Msg>,
-    /// The model in force (for export requests).
-    model: Arc<Model>,
     /// Accepted bundles and granted keys; shared with the central poller.
     bundle: Option<Arc<Mutex<BundleState>>>,
     /// Requests running in this daemon.
@@ -253,7 +251,12 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = LocalConfig::load(cfg_path)?;
     let ctx = make_ctx(&cfg)?;
-    let model = model_in_force(&cfg);
+    // The compiled snapshot holds what matching needs; the inline tables (up
+    // to 100,000 users) are not kept in memory. Requests re-read the model.
+    let mut cfg = cfg;
+    cfg.users = Vec::new();
+    cfg.policies = Vec::new();
+    cfg.targets = Vec::new();
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
         Err(e) => {
@@ -302,7 +305,6 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
         status_dirty: true,
         keys_fp,
         tx,
-        model: Arc::new(model),
         bundle,
         requests_running: HashSet::new(),
         next_expiry: None,
@@ -476,7 +478,7 @@ impl Agent {
         let roots = self.cfg.spool.clone();
         let mut seen: HashSet<PathKey> = HashSet::new();
         let mut found: Vec<XmlRef> = Vec::new();
-        let mut dirs: Vec<PathBuf> = Vec::new();
+        self.degraded = false;
         for root in &roots {
             if !root.is_dir() {
                 error!(
@@ -486,16 +488,13 @@ impl Agent {
                 );
                 continue;
             }
+            // Each folder is watched before it is read (nothing falls in between).
             spool::scan(
                 root,
-                &mut |d| dirs.push(d.to_path_buf()),
+                &mut |d| self.add_watch(w, d),
                 &mut |x| found.push(x),
                 &mut |p, e| warn!("cannot read spool folder {}: {e}", p.display()),
             );
-        }
-        self.degraded = false;
-        for d in &dirs {
-            self.add_watch(w, d);
         }
         let journal = self.ctx.journal.clone();
         {
@@ -662,17 +661,12 @@ impl Agent {
                 let Some(root) = self.root_of(&path) else {
                     return;
                 };
-                let mut dirs = Vec::new();
                 let mut found = Vec::new();
-                spool::scan_below(
-                    &root,
-                    &path,
-                    &mut |d| dirs.push(d.to_path_buf()),
-                    &mut |x| found.push(x),
-                );
-                for d in dirs {
-                    self.add_watch(w, &d);
-                }
+                // Each folder is watched before it is read, so nothing created
+                // in between is missed.
+                spool::scan_below(&root, &path, &mut |d| self.add_watch(w, d), &mut |x| {
+                    found.push(x)
+                });
                 for x in found {
                     self.enqueue(
                         x,
@@ -1027,15 +1021,29 @@ impl Agent {
         Ok(())
     }
 
-    fn request_env(&self) -> crate::requests::RequestEnv<'_> {
-        crate::requests::RequestEnv {
+    /// The model in force, read again (it is not kept in memory): the
+    /// accepted central bundle, else the inline model of the config file.
+    fn load_model(&self) -> Model {
+        match LocalConfig::load(&self.cfg_path) {
+            Ok(c) => model_in_force(&c),
+            Err(e) => {
+                error!("cannot re-read the model in force: {e}");
+                Model::default()
+            }
+        }
+    }
+
+    fn with_request_env<R>(&self, f: impl FnOnce(&crate::requests::RequestEnv<'_>) -> R) -> R {
+        let model = self.load_model();
+        let env = crate::requests::RequestEnv {
             state_dir: &self.cfg.state_dir,
             roots: self.ctx.roots.as_ref().clone(),
-            model: &self.model,
+            model: &model,
             targets: &self.ctx.targets,
             keys: self.ctx.keys.clone(),
             audit: &self.ctx.audit,
-        }
+        };
+        f(&env)
     }
 
     /// Takes every file waiting in `<state_dir>/inbox/`.
@@ -1084,13 +1092,9 @@ impl Agent {
                 }
                 self.config_row(Action::Config, &version.to_string(), code, desc);
                 self.last_apply = Some((res.is_ok(), Timestamp::now().0 as f64 / 1000.0));
-                if res.is_ok() {
-                    self.model = Arc::new(c.model);
-                }
             }
             Ok(Accepted::ExportRequest(r)) => {
-                let env = self.request_env();
-                match crate::requests::accept(&env, &r.payload) {
+                match self.with_request_env(|env| crate::requests::accept(env, &r.payload)) {
                     Ok(req) => {
                         info!(request = %req.request_id, "export request from {source} accepted");
                         self.spawn_request(req);
@@ -1136,7 +1140,7 @@ impl Agent {
         }
         let state_dir = self.cfg.state_dir.clone();
         let roots = self.ctx.roots.as_ref().clone();
-        let model = self.model.clone();
+        let model = self.load_model();
         let targets = self.ctx.targets.clone();
         let keys = self.ctx.keys.clone();
         let audit = self.ctx.audit.clone();
@@ -1200,8 +1204,7 @@ impl Agent {
     }
 
     fn expire_requests(&mut self) {
-        let env = self.request_env();
-        let ids = crate::requests::expire(&env, Timestamp::now());
+        let ids = self.with_request_env(|env| crate::requests::expire(env, Timestamp::now()));
         for id in ids {
             info!(request = %id, "compliance export expired: zip removed");
         }
@@ -1240,6 +1243,27 @@ impl Agent {
             .spawn(move || {
                 let mut backoff = crate::bundle::central::Backoff::new();
                 let mut last_report = Instant::now() - heartbeat;
+                // Sleeps until `deadline`; a kick from the main loop sends a
+                // status report at once without cutting the wait short.
+                let wait_until = |deadline: Instant, last_report: &mut Instant| {
+                    loop {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return;
+                        }
+                        match kick_rx.recv_timeout(deadline - now) {
+                            Ok(()) => {
+                                let rep = status_report(&agent_id, &state_dir, &shared, &bundle);
+                                match client.post_status(&rep) {
+                                    Ok(()) => *last_report = Instant::now(),
+                                    Err(e) => warn!("status report to central failed: {e}"),
+                                }
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                };
                 loop {
                     let report_due =
                         last_report.elapsed() >= heartbeat || kick_rx.try_recv().is_ok();
@@ -1277,17 +1301,18 @@ impl Agent {
                             backoff.reset();
                             // Central answered without holding the request: do
                             // not hammer it; wait (a status report may wake us).
-                            let spent = poll_started.elapsed();
-                            if spent < poll_interval
-                                && kick_rx.recv_timeout(poll_interval - spent).is_ok()
-                            {
-                                last_report = Instant::now() - heartbeat;
-                            }
+                            wait_until(poll_started + poll_interval, &mut last_report);
                         }
                         Ok(out) => {
                             backoff.reset();
+                            let rejected = matches!(out, FetchOutcome::Rejected(_));
                             if tx.send(Msg::Central(out)).is_err() {
                                 return;
+                            }
+                            // Central keeps offering a bundle we refuse: do not
+                            // fetch it again in a loop.
+                            if rejected {
+                                wait_until(poll_started + poll_interval, &mut last_report);
                             }
                         }
                         Err(e) => {

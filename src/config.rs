@@ -92,7 +92,9 @@ fn default_grace() -> u64 {
     300
 }
 fn default_workers() -> usize {
-    2
+    // Copies are I/O bound (they mostly wait on fsync): several in flight
+    // keep latency low at 200 records/s (BENCHMARKS.md).
+    8
 }
 
 /// Why the configuration cannot be used.
