@@ -28,7 +28,15 @@ EXPORTD_DEFAULT_CONFIG ??= "examples/exportd.toml"
 # every Cargo.lock change: yocto/gen-crates-inc.sh (or bitbake -c update_crates exportd).
 require ${BPN}-crates.inc
 
-inherit cargo cargo-update-recipe-crates systemd useradd
+inherit cargo cargo-update-recipe-crates systemd useradd ptest-cargo
+
+# ptest: the crate's unit and integration test binaries (ptest-cargo) run on
+# the image's testimage; they find the installed agent through EXPORTD_BIN and
+# skip tests that need a peer absent from the image (EXPORTD_LANE=qemu).
+RDEPENDS:${PN}-ptest += "${PN} bash"
+do_install_ptest:append() {
+    sed -i '2i export EXPORTD_BIN=${bindir}/exportd EXPORTD_LANE=qemu' ${D}${PTEST_PATH}/run-ptest 2>/dev/null || true
+}
 
 # Cargo.toml's [profile.release] (lto, codegen-units=1, panic=abort, strip)
 # applies; the image's own stripping/debug split still runs on the result.
