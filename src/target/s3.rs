@@ -1459,6 +1459,12 @@ mod tests {
     fn addressing_and_keys() {
         let d = tmp();
         let mut s = spec(&d);
+        // A CA file of its own, so the test does not depend on the machine's
+        // root store (the board lanes have none).
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca_path = d.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+        s.ca = Some(ca_path);
         let t = S3Target::new(&s).unwrap();
         assert_eq!(
             t.key("2026/11/21/u-1/r1", "a b.wav"),
