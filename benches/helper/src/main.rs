@@ -1,0 +1,108 @@
+//! benches/run's helper: what the `exportd` CLI cannot do yet.
+//!
+//!   exportd-bench-helper run-keys CONFIG
+//!       `exportd run --until-idle` with the age key store of the config's
+//!       `keys_dir` wired in (the CLI's plugins() has no keys plugin yet).
+//!   exportd-bench-helper snapshot-load SNAPSHOT.bin N EXTENSION
+//!       opens the snapshot N times (mmap) and looks EXTENSION up; prints the
+//!       median open time in microseconds and VmRSS/VmHWM in KiB.
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use exportd::age::{Decryptor, KeyStore};
+use exportd::agent::{Plugins, RunOptions};
+use exportd::export::Keys;
+
+struct StoreKeys(KeyStore);
+
+impl Keys for StoreKeys {
+    fn decrypt<'a>(&self, src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
+        match Decryptor::new(src, &self.0) {
+            Ok(d) => Ok(Box::new(d)),
+            Err(e) => Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())),
+        }
+    }
+    fn fingerprint(&self) -> [u8; 32] {
+        self.0.fingerprint()
+    }
+}
+
+fn proc_status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l[field.len()..].trim().trim_end_matches(" kB").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("run-keys") => {
+            let plugins = Plugins {
+                keys: Some(Arc::new(|dir: &Path| {
+                    let (store, errs) = KeyStore::load_dir(dir);
+                    for e in errs {
+                        eprintln!("key file: {e}");
+                    }
+                    Arc::new(StoreKeys(store)) as Arc<dyn Keys>
+                })),
+                ..Plugins::default()
+            };
+            let opts = RunOptions { until_idle: true, ..Default::default() };
+            match exportd::agent::run(Path::new(&args[2]), opts, plugins) {
+                Ok(sum) => {
+                    for f in &sum.failures {
+                        eprintln!("failed: {f}");
+                    }
+                    eprintln!(
+                        "{} records: {} exported, {} failed",
+                        sum.counts.seen,
+                        sum.counts.exported,
+                        sum.failures.len()
+                    );
+                    std::process::exit(if sum.failures.is_empty() { 0 } else { 1 });
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Some("snapshot-load") => {
+            let path = Path::new(&args[2]);
+            let n: usize = args[3].parse().unwrap();
+            let ext = &args[4];
+            let rss0 = proc_status("VmRSS:");
+            let mut times = Vec::new();
+            let mut found = false;
+            let mut keep = None;
+            for _ in 0..n {
+                let t = Instant::now();
+                let s = exportd::snapshot::Snapshot::open(path).expect("open snapshot");
+                found = s.lookup(ext).is_some();
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+                keep = Some(s);
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let users = keep.as_ref().map(|s| s.user_count()).unwrap_or(0);
+            println!(
+                "open_us={:.1} users={} found={} rss_before_kib={} rss_kib={} hwm_kib={}",
+                times[times.len() / 2],
+                users,
+                found,
+                rss0,
+                proc_status("VmRSS:"),
+                proc_status("VmHWM:")
+            );
+        }
+        _ => {
+            eprintln!("usage: exportd-bench-helper run-keys CONFIG | snapshot-load SNAPSHOT N EXT");
+            std::process::exit(2);
+        }
+    }
+}
