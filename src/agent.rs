@@ -106,8 +106,12 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
 }
 
 /// Compiles `model` into `<state_dir>/snapshot.bin` and maps it.
-pub fn install_snapshot(state_dir: &Path, model: &Model) -> Result<Snapshot, AgentError> {
-    let bytes = snapshot::compile(model)?;
+pub fn install_snapshot(
+    state_dir: &Path,
+    model: &Model,
+    source: Option<&str>,
+) -> Result<Snapshot, AgentError> {
+    let bytes = snapshot::compile_from(model, source)?;
     let path = state_dir.join("snapshot.bin");
     snapshot::write_atomic(&path, &bytes).map_err(state_err(&path))?;
     Ok(Snapshot::open(&path)?)
@@ -206,8 +210,45 @@ pub fn run(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, AgentError> 
     rt.block_on(run_async(cfg_path, opts))
 }
 
+/// The snapshot of the model in force: the existing `snapshot.bin` when it
+/// was compiled from the same source (the accepted bundle's payload, else the
+/// config file's bytes), otherwise compiled afresh. An unchanged model with
+/// 100,000 users is thus neither parsed nor compiled at startup.
+pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, AgentError> {
+    use sha2::Digest;
+    let bundle = match BundleState::load(state_dir) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            error!("the cached central bundle cannot be read ({e}); using the inline model");
+            None
+        }
+    };
+    let source = match bundle.as_ref().and_then(|b| b.current_payload()) {
+        Some(p) => format!("bundle:{}", hex::encode(sha2::Sha256::digest(p))),
+        None => {
+            let text = std::fs::read(cfg_path).map_err(|source| {
+                AgentError::Config(ConfigError::Read {
+                    path: cfg_path.to_path_buf(),
+                    source,
+                })
+            })?;
+            format!("config:{}", hex::encode(sha2::Sha256::digest(&text)))
+        }
+    };
+    if let Ok(s) = Snapshot::open(&state_dir.join("snapshot.bin")) {
+        if s.source() == Some(source.as_str()) {
+            return Ok(s);
+        }
+    }
+    let model = match bundle.and_then(|b| b.current_model()) {
+        Some(m) => m,
+        None => LocalConfig::load(cfg_path)?.take_inline_model(),
+    };
+    install_snapshot(state_dir, &model, Some(&source))
+}
+
 /// Sets up the shared context from a config.
-pub fn make_ctx(cfg: &LocalConfig) -> Result<Ctx, AgentError> {
+pub fn make_ctx(cfg_path: &Path, cfg: &LocalConfig) -> Result<Ctx, AgentError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(state_err(&cfg.state_dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -216,8 +257,7 @@ pub fn make_ctx(cfg: &LocalConfig) -> Result<Ctx, AgentError> {
     let jpath = cfg.state_dir.join("journal.log");
     let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
     let audit = AuditLog::open(&cfg.state_dir)?;
-    let model = model_in_force(cfg);
-    let snap = install_snapshot(&cfg.state_dir, &model)?;
+    let snap = snapshot_in_force(cfg_path, &cfg.state_dir)?;
     let targets = build_targets(&snap)?;
     for t in &targets {
         let n = t.recover();
@@ -249,14 +289,10 @@ pub fn make_ctx(cfg: &LocalConfig) -> Result<Ctx, AgentError> {
 
 async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let cfg = LocalConfig::load(cfg_path)?;
-    let ctx = make_ctx(&cfg)?;
-    // The compiled snapshot holds what matching needs; the inline tables (up
-    // to 100,000 users) are not kept in memory. Requests re-read the model.
-    let mut cfg = cfg;
-    cfg.users = Vec::new();
-    cfg.policies = Vec::new();
-    cfg.targets = Vec::new();
+    // The compiled snapshot holds what matching needs: the inline users (up to
+    // 100,000) are not parsed here, nor kept. Requests re-read the model.
+    let (cfg, _) = LocalConfig::load_head(cfg_path)?;
+    let ctx = make_ctx(cfg_path, &cfg)?;
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
         Err(e) => {
@@ -985,8 +1021,14 @@ impl Agent {
         if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
             warn!("spool and state_dir changes take effect after a restart");
         }
-        let model = model_in_force(&cfg);
-        if let Err(e) = self.apply_model(&model) {
+        let snap = match snapshot_in_force(&self.cfg_path, &self.cfg.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("reload refused, the configuration in force stays: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.swap_snapshot(snap) {
             error!("reload refused, the configuration in force stays: {e}");
             return;
         }
@@ -999,8 +1041,12 @@ impl Agent {
     }
 
     /// Swaps in a new model: records already running finish under the old one.
-    fn apply_model(&mut self, model: &Model) -> Result<(), AgentError> {
-        let snap = install_snapshot(&self.cfg.state_dir, model)?;
+    fn apply_model(&mut self, model: &Model, source: &str) -> Result<(), AgentError> {
+        let snap = install_snapshot(&self.cfg.state_dir, model, Some(source))?;
+        self.swap_snapshot(snap)
+    }
+
+    fn swap_snapshot(&mut self, snap: Snapshot) -> Result<(), AgentError> {
         let targets = build_targets(&snap)?;
         self.ctx.snap = Arc::new(snap);
         self.ctx.targets = Arc::new(targets);
@@ -1072,7 +1118,11 @@ impl Agent {
         match result {
             Ok(Accepted::Config(c)) => {
                 let version = c.version;
-                let res = self.apply_model(&c.model);
+                let snap_source = {
+                    use sha2::Digest;
+                    format!("bundle:{}", hex::encode(sha2::Sha256::digest(&c.payload)))
+                };
+                let res = self.apply_model(&c.model, &snap_source);
                 let (code, desc) = match &res {
                     Ok(()) => (
                         "applied",

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::model::{Admin, Model, Policy, TargetSpec, User};
 
@@ -33,6 +34,13 @@ fn default_poll() -> u64 {
 
 fn default_heartbeat() -> u64 {
     60
+}
+
+/// One `[[users]]` table parsed on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneUser {
+    users: Vec<User>,
 }
 
 /// The local file as written.
@@ -136,12 +144,63 @@ impl LocalConfig {
         LocalConfig::parse(&text, path)
     }
 
-    /// Parses and validates config text (`path` is for messages).
-    pub fn parse(text: &str, path: &Path) -> Result<LocalConfig, ConfigError> {
-        let cfg: LocalConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    /// Reads the file without its `[[users]]` tables (they are neither
+    /// parsed nor kept), for a daemon whose compiled snapshot is current.
+    /// Returns the config and the SHA-256 of the whole file (the snapshot's
+    /// source key). Users are checked when a snapshot is compiled.
+    pub fn load_head(path: &Path) -> Result<(LocalConfig, [u8; 32]), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            source,
         })?;
+        let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+        let cfg = match split_users(&text) {
+            Some((rest, _)) => {
+                let cfg: LocalConfig = toml::from_str(&rest).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    msg: e.to_string(),
+                })?;
+                let problems = cfg.problems();
+                if !problems.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        problems,
+                    });
+                }
+                cfg
+            }
+            None => LocalConfig::parse(&text, path)?,
+        };
+        Ok((cfg, hash))
+    }
+
+    /// Parses and validates config text (`path` is for messages). Large
+    /// inline user directories are parsed one `[[users]]` table at a time,
+    /// so memory stays proportional to the users, not to the TOML document.
+    pub fn parse(text: &str, path: &Path) -> Result<LocalConfig, ConfigError> {
+        let perr = |msg: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let cfg = match split_users(text) {
+            Some((rest, blocks)) => {
+                let mut cfg: LocalConfig =
+                    toml::from_str(&rest).map_err(|e| perr(e.to_string()))?;
+                if !cfg.users.is_empty() && !blocks.is_empty() {
+                    return Err(perr(
+                        "users are given both as `users = [...]` and as [[users]] tables".into(),
+                    ));
+                }
+                cfg.users.reserve(blocks.len());
+                for (line, block) in blocks {
+                    let one: OneUser = toml::from_str(block)
+                        .map_err(|e| perr(format!("in the [[users]] table at line {line}: {e}")))?;
+                    cfg.users.extend(one.users);
+                }
+                cfg
+            }
+            None => toml::from_str(text).map_err(|e| perr(e.to_string()))?,
+        };
         let problems = cfg.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -150,6 +209,18 @@ impl LocalConfig {
             });
         }
         Ok(cfg)
+    }
+
+    /// Moves the inline model out of the config (no copy of the users).
+    pub fn take_inline_model(&mut self) -> Model {
+        Model {
+            version: self.version.unwrap_or(0),
+            issued_at: None,
+            targets: std::mem::take(&mut self.targets),
+            policies: std::mem::take(&mut self.policies),
+            users: std::mem::take(&mut self.users),
+            admins: self.admins.clone(),
+        }
     }
 
     /// The inline policy model.
@@ -235,9 +306,65 @@ impl LocalConfig {
                 }
             }
         }
-        p.extend(self.inline_model().validate().into_iter().map(|e| e.0));
+        p.extend(
+            crate::model::validate_parts(
+                &self.targets,
+                &self.policies,
+                &self.users,
+                self.admins.as_deref(),
+            )
+            .into_iter()
+            .map(|e| e.0),
+        );
         p
     }
+}
+
+/// Cuts every `[[users]]` table out of the TOML text: returns the rest and
+/// the tables (with their 1-based first line). `None` when the text has
+/// multi-line strings (then the split is not attempted and the whole
+/// document is parsed at once). A table ends at the next table header.
+fn split_users(text: &str) -> Option<(String, Vec<(usize, &str)>)> {
+    if text.contains("'''") || text.contains("\"\"\"") {
+        return None;
+    }
+    let header = |l: &str| -> Option<String> {
+        let t = l.split('#').next().unwrap_or("").trim();
+        let ok = t.starts_with('[')
+            && t.ends_with(']')
+            && t.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .bytes()
+                .all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'"' | b' ')
+                });
+        ok.then(|| t.replace(' ', ""))
+    };
+    let mut rest = String::with_capacity(text.len().min(1 << 16));
+    let mut blocks = Vec::new();
+    let mut in_users: Option<(usize, usize)> = None; // (first line, byte start)
+    let mut pos = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if let Some(name) = header(line) {
+            if let Some((l, start)) = in_users.take() {
+                blocks.push((l, &text[start..pos]));
+            }
+            if name == "[[users]]" {
+                in_users = Some((i + 1, pos));
+            }
+        }
+        if in_users.is_none() {
+            rest.push_str(line);
+        } else {
+            // Keeps the line numbers of the rest for error messages.
+            rest.push('\n');
+        }
+        pos += line.len();
+    }
+    if let Some((l, start)) = in_users {
+        blocks.push((l, &text[start..]));
+    }
+    Some((rest, blocks))
 }
 
 fn decode_key(s: &str) -> Option<Vec<u8>> {
@@ -330,5 +457,68 @@ policies = ["p-voice"]
             LocalConfig::parse(&typo, Path::new("x.toml")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    const TEXT: &str = r#"agent_id = "a"
+spool = ["/s"]
+
+[[users]]   # first
+id = "u1"
+extensions = [
+  "100",
+  "101",
+]
+policies = ["p"]
+
+[[targets]]
+id = "t"
+kind = "fs"
+path = "/t"
+
+[[users]]
+id = "u2"
+extensions = ["200"]
+policies = ["p"]
+
+[[policies]]
+id = "p"
+targets = ["t"]
+"#;
+
+    #[test]
+    fn users_tables_are_parsed_one_by_one_wherever_they_are() {
+        let c = LocalConfig::parse(TEXT, Path::new("x.toml")).unwrap();
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[0].extensions, vec!["100", "101"]);
+        assert_eq!(c.users[1].id, "u2");
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.policies.len(), 1);
+        let whole: LocalConfig = toml::from_str(TEXT).unwrap();
+        assert_eq!(whole, c, "same result as parsing the whole document");
+    }
+
+    #[test]
+    fn errors_in_a_users_table_name_its_line() {
+        let bad = TEXT.replace("id = \"u2\"", "id = \"u2\"\ncolour = 1");
+        match LocalConfig::parse(&bad, Path::new("x.toml")) {
+            Err(ConfigError::Parse { msg, .. }) => assert!(msg.contains("line 17"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn head_skips_users() {
+        let d = std::env::temp_dir().join(format!("exportd-head-{}.toml", std::process::id()));
+        std::fs::write(&d, TEXT).unwrap();
+        let (c, h) = LocalConfig::load_head(&d).unwrap();
+        assert!(c.users.is_empty());
+        assert_eq!(c.policies.len(), 1);
+        assert_ne!(h, [0; 32]);
+        let _ = std::fs::remove_file(&d);
     }
 }

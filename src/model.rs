@@ -263,11 +263,33 @@ fn id_ok(s: &str) -> bool {
 impl Model {
     /// Checks the whole model and returns every problem found (empty = valid).
     pub fn validate(&self) -> Vec<ValidationError> {
+        validate_parts(
+            &self.targets,
+            &self.policies,
+            &self.users,
+            self.admins.as_deref(),
+        )
+    }
+
+    /// The target with this id.
+    pub fn target(&self, id: &str) -> Option<&TargetSpec> {
+        self.targets.iter().find(|t| t.id == id)
+    }
+}
+
+/// [`Model::validate`] on borrowed parts (no copy of a large user list).
+pub fn validate_parts(
+    targets: &[TargetSpec],
+    policies: &[Policy],
+    users: &[User],
+    admins: Option<&[Admin]>,
+) -> Vec<ValidationError> {
+    {
         let mut errs = Vec::new();
         let mut e = |s: String| errs.push(ValidationError(s));
 
         let mut target_ids = HashSet::new();
-        for t in &self.targets {
+        for t in targets {
             if !id_ok(&t.id) {
                 e(format!(
                     "target id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]",
@@ -334,7 +356,7 @@ impl Model {
         }
 
         let mut policy_ids = HashSet::new();
-        for p in &self.policies {
+        for p in policies {
             if !id_ok(&p.id) {
                 e(format!(
                     "policy id {:?} is empty or has characters outside [A-Za-z0-9-_.@:]",
@@ -388,7 +410,7 @@ impl Model {
 
         let mut user_ids = HashSet::new();
         let mut owners: HashMap<String, &str> = HashMap::new();
-        for u in &self.users {
+        for u in users {
             if u.id.is_empty() {
                 e("a user has an empty id".to_string());
             }
@@ -435,7 +457,7 @@ impl Model {
             }
         }
 
-        if let Some(admins) = &self.admins {
+        if let Some(admins) = admins {
             let mut ids = HashSet::new();
             for a in admins {
                 if !ids.insert(a.keyid.as_str()) {
@@ -449,11 +471,6 @@ impl Model {
             }
         }
         errs
-    }
-
-    /// The target with this id.
-    pub fn target(&self, id: &str) -> Option<&TargetSpec> {
-        self.targets.iter().find(|t| t.id == id)
     }
 }
 

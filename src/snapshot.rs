@@ -52,6 +52,10 @@ struct Header {
     version: u64,
     targets: Vec<TargetSpec>,
     policies: Vec<Policy>,
+    /// What the snapshot was compiled from (e.g. `config:<sha256>`), so an
+    /// unchanged model is not parsed and compiled again at startup.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 /// A user found by extension, borrowing from the snapshot.
@@ -117,6 +121,7 @@ pub struct Snapshot {
     version: u64,
     targets: Vec<TargetSpec>,
     policies: Vec<CompiledPolicy>,
+    source: Option<String>,
     n_ext: usize,
     n_users: usize,
     ext_at: usize,
@@ -142,6 +147,11 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// Compiles a validated model into snapshot bytes.
 pub fn compile(model: &Model) -> Result<Vec<u8>, SnapshotError> {
+    compile_from(model, None)
+}
+
+/// [`compile`], recording what the model came from (see [`Snapshot::source`]).
+pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, SnapshotError> {
     let errs = model.validate();
     if let Some(e) = errs.first() {
         return Err(SnapshotError::Invalid(format!(
@@ -154,6 +164,7 @@ pub fn compile(model: &Model) -> Result<Vec<u8>, SnapshotError> {
         version: model.version,
         targets: model.targets.clone(),
         policies: model.policies.clone(),
+        source: source.map(str::to_string),
     })
     .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
 
@@ -314,12 +325,18 @@ impl Snapshot {
             version: header.version,
             targets: header.targets,
             policies,
+            source: header.source,
             n_ext,
             n_users,
             ext_at,
             users_at,
             blob_at,
         })
+    }
+
+    /// What the snapshot was compiled from, if recorded.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
     }
 
     /// The model version.
