@@ -40,13 +40,23 @@ impl Tmpfs {
         Ok(Tmpfs(at.to_path_buf()))
     }
 
+    /// Remounts with `opts`; retried briefly (`remount,ro` is refused with
+    /// EBUSY while a file is open for writing on the volume).
     fn remount(&self, opts: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount {opts} of {}", self.0.display());
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = Command::new("mount")
+                .args(["-o", &format!("remount,{opts}")])
+                .arg(&self.0)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("remount {opts} of {}: {last}", self.0.display());
     }
 }
 
