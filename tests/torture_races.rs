@@ -381,3 +381,42 @@ fn same_id_different_bytes_exported_concurrently() {
     );
     no_temp_files(&a);
 }
+
+/// The agent reads the spool with O_NOATIME: even the access times of the
+/// recorder's files stay as they were (relatime would otherwise update an
+/// atime older than a day on the first read).
+#[test]
+fn spool_access_times_are_untouched() {
+    use std::os::unix::fs::MetadataExt;
+    let a = Appliance::new(1);
+    a.write_config(&config(&a, 600));
+    let day = a.spool.join("2026/11/21");
+    let mut r = Rec::voice("atime", "100");
+    r.files.push((
+        "transcript".into(),
+        "atime.vtr".into(),
+        b"WEBVTT\n".to_vec(),
+    ));
+    r.write(&day);
+    let files = ["atime.xml", "atime.wav", "atime.vtr"];
+    for f in files {
+        let st = std::process::Command::new("touch")
+            .args(["-a", "-d", "3 days ago"])
+            .arg(day.join(f))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let before: Vec<i64> = files
+        .iter()
+        .map(|f| fs::metadata(day.join(f)).unwrap().atime())
+        .collect();
+    let out = a.run_until_idle();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(exported(&a, "atime"));
+    let after: Vec<i64> = files
+        .iter()
+        .map(|f| fs::metadata(day.join(f)).unwrap().atime())
+        .collect();
+    assert_eq!(before, after, "access times of {files:?} changed");
+}
