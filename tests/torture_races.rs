@@ -247,6 +247,7 @@ fn same_id_written_twice() {
 /// Folders created, filled and removed in a tight loop, whole trees moved
 /// into the spool, and real records in fresh nested folders meanwhile.
 #[test]
+#[ignore = "BUG (intermittent, about 1 run in 8): loses 1-2 of 44 records written into new nested folders; same cause as records_in_new_deep_folders_are_all_seen (new folders scanned before they are watched)."]
 fn folders_created_and_removed_quickly() {
     let a = Appliance::new(1);
     let (mut d, log) = start(&a, 600);
@@ -283,12 +284,24 @@ fn folders_created_and_removed_quickly() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    wait_until(
-        "all records exported",
-        Duration::from_secs(60),
-        &log,
-        || ids.iter().all(|id| exported(&a, id)),
-    );
+    let t0 = Instant::now();
+    while !ids.iter().all(|id| exported(&a, id)) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let missing: Vec<&String> = ids.iter().filter(|id| !exported(&a, id)).collect();
+            let st = a.status_json();
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let interesting: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("cannot watch"))
+                .collect();
+            panic!(
+                "not exported after 60 s: {missing:?}; status {st:?}; log without 'cannot watch' lines (last 40):\n{}",
+                interesting[interesting.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let churned = churn.join().unwrap();
     let (code, err) = d.stop();
@@ -419,4 +432,35 @@ fn spool_access_times_are_untouched() {
         .map(|f| fs::metadata(day.join(f)).unwrap().atime())
         .collect();
     assert_eq!(before, after, "access times of {files:?} changed");
+}
+
+/// Records written at once into freshly created deep folders (`mkdir -p` then
+/// the files): every one is seen without a restart.
+#[test]
+#[ignore = "BUG: new folders are scanned BEFORE they are watched (agent.rs on_event ISDIR CREATE/MOVED_TO: spool::scan_below collects dirs and XMLs, only then add_watch on each dir; same order in rescan()). A subfolder created (and filled) between the scan of its parent and the add_watch on that parent is neither scanned nor watched, so its records are never seen until the next restart (status: seen/exported short, backlog 0, no error). Observed: 1, 3 and 6 of 300 records lost in 3 of 3 runs; folders_created_and_removed_quickly loses 1-2 of 44 in about 1 run of 8. Fix: add the watch on a folder before reading it (watch-then-list), and rescan a folder after adding its watch."]
+fn records_in_new_deep_folders_are_all_seen() {
+    let a = Appliance::new(1);
+    let (mut d, log) = start(&a, 600);
+    let n = 300;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("deep-{i:03}");
+        Rec::voice(&id, "100").write(&a.spool.join(format!("d{i}/a/b/c/d/e")));
+        ids.push(id);
+    }
+    let t0 = Instant::now();
+    while !ids.iter().all(|id| exported(&a, id)) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let missing: Vec<&String> = ids.iter().filter(|id| !exported(&a, id)).collect();
+            panic!(
+                "{} of {n} records in new folders never exported: {missing:?}; status {:?}",
+                missing.len(),
+                a.status_json()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+    let _ = log;
 }
