@@ -378,3 +378,336 @@ pub fn user(id: &str, exts: &[&str], policies: &[&str]) -> String {
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
+
+// ---------------------------------------------------------------------------
+// Torture-suite helpers (tests/torture_*.rs). Appended; nothing above changed.
+// ---------------------------------------------------------------------------
+
+/// A number from the environment, or a default.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed: `EXPORTD_TORTURE_SEED` or the clock; always printed so a failure can be replayed.
+pub fn torture_seed(test: &str) -> u64 {
+    let seed = env_u64(
+        "EXPORTD_TORTURE_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    eprintln!("[{test}] seed {seed} (replay with EXPORTD_TORTURE_SEED={seed})");
+    seed
+}
+
+impl Appliance {
+    /// Starts the daemon with its log appended to `log` (a piped stderr that
+    /// nobody reads would fill and block a busy daemon). Does not wait.
+    pub fn spawn_logged(&self, log: &Path) -> Daemon {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(exe())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("EXPORTD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child) }
+    }
+
+    /// `exportd run --until-idle` with a longer timeout than [`Appliance::run_until_idle`].
+    pub fn run_until_idle_within(&self, timeout: Duration) -> Output {
+        let mut child = Command::new(exe())
+            .args(["run", "--until-idle", "--config"])
+            .arg(&self.config)
+            .env("EXPORTD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Drain stderr on a thread so a chatty run cannot block on a full pipe.
+        let mut err = child.stderr.take().unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut s);
+            s
+        });
+        let t0 = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if t0.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                let e = drain.join().unwrap();
+                panic!(
+                    "exportd run --until-idle did not finish in {timeout:?}; stderr tail:\n{}",
+                    tail(&String::from_utf8_lossy(&e), 3000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = child.wait_with_output().unwrap();
+        out.stderr = drain.join().unwrap();
+        out
+    }
+
+    /// The status file as JSON (None while absent or half-written).
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&fs::read(self.state.join("status.json")).ok()?).ok()
+    }
+}
+
+/// The last `n` bytes of a text (on a char boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// Every metadata XML below a spool root (not temp names), sorted.
+pub fn spool_xmls(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = files_below(root)
+        .into_iter()
+        .filter(|rel| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            exportd::spool::is_metadata_name(name)
+        })
+        .map(|rel| root.join(rel))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One due copy, computed independently of the agent from the library's pure
+/// parts (record parser, snapshot, matcher, layout).
+#[derive(Debug, Clone)]
+pub struct DueCopy {
+    pub record_id: String,
+    pub policy_id: String,
+    pub target_id: String,
+    /// Target root.
+    pub root: PathBuf,
+    /// Record folder relative to the target root.
+    pub folder: String,
+    /// (name in the folder, spool file it must equal byte for byte).
+    pub files: Vec<(String, PathBuf)>,
+    /// Generated names that may be present (messages JSON, vCon) depending on the build's plugins.
+    pub optional: Vec<String>,
+}
+
+/// Due copies of every record in `spool` under the config at `config`.
+/// Unparsable XMLs are ignored (they are error rows, not copies).
+pub fn due_copies(config: &Path, spool: &Path) -> Vec<DueCopy> {
+    use exportd::layout::{Values, metadata_name, plan_files, sanitize_component};
+    use exportd::matcher::{Decision, Verdict, decide};
+    use exportd::record::Modality;
+    let cfg = exportd::config::LocalConfig::load(config).unwrap();
+    let snap = exportd::snapshot::Snapshot::from_model(&cfg.inline_model()).unwrap();
+    let mut out = Vec::new();
+    for xml in spool_xmls(spool) {
+        let Ok(bytes) = fs::read(&xml) else { continue };
+        let Ok(rec) = exportd::record::parse(&bytes) else {
+            continue;
+        };
+        let Decision::Policies(user, verdicts) = decide(&rec, &snap) else {
+            continue;
+        };
+        for (pi, v) in verdicts {
+            if v != Verdict::Take {
+                continue;
+            }
+            let cp = &snap.policies()[pi];
+            let s = &cp.policy.settings;
+            let plan = plan_files(
+                &rec,
+                s.decrypt,
+                s.im_attachments || rec.modality == Modality::FileShare,
+                s.file_extensions.as_deref(),
+            )
+            .unwrap();
+            let folder = cp
+                .template
+                .expand(&Values::of(&rec, user.id, &cp.policy.id));
+            let dir = xml.parent().unwrap();
+            let mut files: Vec<(String, PathBuf)> = plan
+                .iter()
+                .map(|p| (p.out_name.clone(), dir.join(&rec.files[p.index].path)))
+                .collect();
+            files.push((metadata_name(&rec.id, false), xml.clone()));
+            let mut optional = Vec::new();
+            if rec.modality == Modality::Im {
+                optional.push(format!("{}.messages.json", sanitize_component(&rec.id)));
+            }
+            if s.vcon {
+                optional.push(format!("{}.vcon.json", sanitize_component(&rec.id)));
+            }
+            for &ti in &cp.targets {
+                let spec = &snap.targets()[ti];
+                out.push(DueCopy {
+                    record_id: rec.id.clone(),
+                    policy_id: cp.policy.id.clone(),
+                    target_id: spec.id.clone(),
+                    root: spec.path.clone().unwrap(),
+                    folder: folder.clone(),
+                    files: files.clone(),
+                    optional: optional.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What [`check_exactly_once`] found.
+#[derive(Debug, Default, Clone)]
+pub struct OnceReport {
+    pub due_copies: usize,
+    pub files_checked: usize,
+    /// Due copies with more than one `export` row (re-done after a kill).
+    pub duplicate_rows: usize,
+    /// Extra `export` rows in total (rows beyond one per due copy).
+    pub extra_rows: usize,
+}
+
+/// Checks every due copy exists exactly once with the right bytes, nothing
+/// else (no temp files, no stray names) is below the target roots, the XML is
+/// in every folder, the audit chain verifies, and each due copy has at least
+/// one `export` row. Panics with a precise message otherwise.
+pub fn check_exactly_once(a: &Appliance, due: &[DueCopy]) -> OnceReport {
+    use std::collections::{BTreeSet, HashMap};
+    let mut rep = OnceReport {
+        due_copies: due.len(),
+        ..OnceReport::default()
+    };
+    let mut expected: HashMap<PathBuf, BTreeSet<String>> = HashMap::new();
+    let mut optional: HashMap<PathBuf, BTreeSet<String>> = HashMap::new();
+    for d in due {
+        let dir = d.root.join(&d.folder);
+        for (name, src) in &d.files {
+            let got = fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!(
+                    "record {} policy {} target {}: {}/{name} missing: {e}",
+                    d.record_id, d.policy_id, d.target_id, d.folder
+                )
+            });
+            let want = fs::read(src).unwrap();
+            assert!(
+                got == want,
+                "record {}: {}/{name} differs from {}",
+                d.record_id,
+                d.folder,
+                src.display()
+            );
+            rep.files_checked += 1;
+            let rel = format!("{}/{name}", d.folder);
+            expected.entry(d.root.clone()).or_default().insert(rel);
+        }
+        for o in &d.optional {
+            optional
+                .entry(d.root.clone())
+                .or_default()
+                .insert(format!("{}/{o}", d.folder));
+        }
+    }
+    let roots: BTreeSet<PathBuf> = a.targets.iter().cloned().collect();
+    for root in roots {
+        let want = expected.remove(&root).unwrap_or_default();
+        let opt = optional.remove(&root).unwrap_or_default();
+        let have: BTreeSet<String> = files_below(&root).into_iter().collect();
+        let temps: Vec<&String> = have.iter().filter(|f| f.contains("exportd-tmp")).collect();
+        assert!(
+            temps.is_empty(),
+            "temp files left in {}: {temps:?}",
+            root.display()
+        );
+        let extra: Vec<&String> = have
+            .iter()
+            .filter(|f| !want.contains(*f) && !opt.contains(*f))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "files nobody is due in {}: {:?}",
+            root.display(),
+            &extra[..extra.len().min(20)]
+        );
+        assert!(want.is_subset(&have));
+    }
+    let v = a.cmd(&["audit", "verify"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let mut rows: HashMap<(String, String, String), usize> = HashMap::new();
+    for r in a.rows_with("export") {
+        *rows
+            .entry((r[1].clone(), r[6].clone(), r[9].clone()))
+            .or_default() += 1;
+    }
+    let mut per: HashMap<(String, String, String), usize> = HashMap::new();
+    for d in due {
+        *per.entry((d.record_id.clone(), d.policy_id.clone(), d.folder.clone()))
+            .or_default() += 1;
+    }
+    for (k, n_targets) in &per {
+        let n = rows.get(k).copied().unwrap_or(0);
+        assert!(
+            n >= *n_targets,
+            "due copy {k:?} has {n} export rows, want at least {n_targets}"
+        );
+        if n > *n_targets {
+            rep.duplicate_rows += 1;
+            rep.extra_rows += n - n_targets;
+        }
+    }
+    rep
+}
+
+/// An exclusive lock on a file under /tmp, for tests that change global
+/// machine state (inotify limits, mounts). Released on drop.
+pub struct GlobalLock(fs::File);
+
+pub fn global_lock(name: &str) -> GlobalLock {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("/tmp/exportd-torture-{name}.lock"))
+        .unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    GlobalLock(f)
+}
+
+/// Whether we are root (uid 0).
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Like [`wait_for`], but the panic says what was awaited and shows the tail of a daemon log.
+pub fn wait_until(what: &str, timeout: Duration, log: &Path, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        if t0.elapsed() > timeout {
+            panic!(
+                "{what}: not reached within {timeout:?}; daemon log tail:\n{}",
+                tail(&fs::read_to_string(log).unwrap_or_default(), 4000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

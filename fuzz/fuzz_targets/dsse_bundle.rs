@@ -1,0 +1,28 @@
+//! Pushed bundles: the DSSE envelope, and the config / export-request
+//! payloads, validated and compiled. Never panics.
+#![no_main]
+
+use exportd::bundle::apply;
+use exportd::bundle::dsse::Envelope;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(env) = Envelope::from_json(data) {
+        let _ = env.check_signature_count();
+        let _ = apply::payload_type_of(&env);
+        if let Ok(p) = env.payload_bytes() {
+            payload(&p);
+        }
+    }
+    payload(data);
+});
+
+fn payload(p: &[u8]) {
+    if let Ok(model) = apply::parse_config_payload(p) {
+        let errs = apply::validate_config(&model, None);
+        if errs.is_empty() {
+            let _ = exportd::snapshot::Snapshot::from_model(&model);
+        }
+    }
+    let _ = apply::parse_request_payload(p);
+}
