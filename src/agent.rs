@@ -284,6 +284,7 @@ pub fn make_ctx(cfg_path: &Path, cfg: &LocalConfig) -> Result<Ctx, AgentError> {
         audit: Arc::new(Mutex::new(audit)),
         reported: Arc::new(Mutex::new(HashSet::new())),
         roots: Arc::new(roots),
+        writing: Arc::new(Mutex::new(HashSet::new())),
     })
 }
 
@@ -667,6 +668,12 @@ impl Agent {
     ) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("inotify queue overflowed: rescanning the spool so no record is lost");
+            // Close events may be among the lost ones.
+            self.ctx
+                .writing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             self.rescan(w, false);
             return;
         }
@@ -721,6 +728,20 @@ impl Agent {
         let Some(root) = self.root_of(&path) else {
             return;
         };
+        if !spool::is_metadata_name(name_s) {
+            // Track content files still being written (created, not closed).
+            let mut writing = self.ctx.writing.lock().unwrap_or_else(|p| p.into_inner());
+            if mask.contains(EventMask::CREATE) {
+                writing.insert(path.clone());
+            } else if mask.intersects(
+                EventMask::CLOSE_WRITE
+                    | EventMask::MOVED_TO
+                    | EventMask::DELETE
+                    | EventMask::MOVED_FROM,
+            ) {
+                writing.remove(&path);
+            }
+        }
         if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
             if spool::is_metadata_name(name_s) {
                 if let Ok(rel) = path.strip_prefix(&root) {

@@ -62,6 +62,10 @@ pub struct Ctx {
     pub reported: Arc<Mutex<HashSet<(PathKey, u64)>>>,
     /// Canonical spool roots, keyed by configured root.
     pub roots: Arc<Vec<(PathBuf, PathBuf)>>,
+    /// Spool files created and not yet closed by the recorder (inotify
+    /// `IN_CREATE` without `IN_CLOSE_WRITE` yet): treated as missing, so a
+    /// file still being written is never archived truncated.
+    pub writing: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// How processing a record ended.
@@ -542,6 +546,15 @@ fn run(
     let mut missing = Vec::new();
     for &i in &needed {
         let path = folder.join(&rec.files[i].path);
+        let still_written = ctx
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&path);
+        if still_written {
+            missing.push(path);
+            continue;
+        }
         match open_in_root(&root_canon, &path) {
             Ok(_) => {}
             Err(OpenError::Missing(p)) => missing.push(p),

@@ -159,7 +159,6 @@ fn crash_storm_full() {
 /// record before the agent restarts: the half-written temp file must not stay
 /// on the archive forever.
 #[test]
-#[ignore = "BUG: a `.<name>.exportd-tmp` left on an fs target by a SIGKILL (or power loss) mid-copy is only ever replaced when the same record is exported again; if the record is gone from the spool by the next start (or its policy changed), the partial temp file stays on the archive for good (observed: one 48 MiB-record temp file after restart + run --until-idle). Expected: stale temp files of the agent's own naming are removed (e.g. at startup for folders in the journal, or by age on the next put into that folder)."]
 fn temp_file_of_a_killed_copy_is_cleaned_up() {
     let a = Appliance::new(1);
     let mut c = a.head(600);

@@ -49,7 +49,6 @@ fn no_temp_files(a: &Appliance) {
 /// is still being written. The agent must not archive a truncated media file
 /// as complete.
 #[test]
-#[ignore = "BUG: an XML committed while its listed media is still open for writing is exported at once with the media's partial bytes (export row, folder marked complete by its XML); when the media is closed (IN_CLOSE_WRITE) the record is not re-examined, so the archive keeps a truncated media file and no error row says so. Expected: wait while a listed file is still growing/open (e.g. size/mtime stable for a moment, or re-check after its close event) or, once it changed, an error row (conflict) instead of a silent truncated copy."]
 fn xml_before_media_is_closed_is_not_archived_truncated() {
     let a = Appliance::new(1);
     let (mut d, log) = start(&a, 600);
@@ -247,7 +246,6 @@ fn same_id_written_twice() {
 /// Folders created, filled and removed in a tight loop, whole trees moved
 /// into the spool, and real records in fresh nested folders meanwhile.
 #[test]
-#[ignore = "BUG (intermittent, about 1 run in 8): loses 1-2 of 44 records written into new nested folders; same cause as records_in_new_deep_folders_are_all_seen (new folders scanned before they are watched)."]
 fn folders_created_and_removed_quickly() {
     let a = Appliance::new(1);
     let (mut d, log) = start(&a, 600);
@@ -326,7 +324,6 @@ fn folders_created_and_removed_quickly() {
 /// byte-identical to one of the two sources, the folder matches the `sha256`
 /// of the `export` row, and the other record gets a `conflict` row.
 #[test]
-#[ignore = "BUG: FsTarget::put uses a fixed temp name `.<name>.exportd-tmp` in the destination folder and opens it with O_TRUNC (no O_EXCL); two workers exporting records that map to the same folder (same id from two spool folders, workers = 2) write into the same temp inode at once. Observed (3 runs of 3): the archived clash.wav (24 MiB) equals neither source (interleaved bytes), both records get an `export` row with different sha256 digests for the same folder (or one gets `target_unavailable: rename into ...: No such file or directory`), and no `conflict` row. Expected: a unique temp name per attempt (O_EXCL, pid/counter suffix) or per-folder serialisation, so the second writer sees the final name and gets a conflict row."]
 fn same_id_different_bytes_exported_concurrently() {
     let a = Appliance::new(1);
     let mut c = config(&a, 600);
@@ -437,7 +434,6 @@ fn spool_access_times_are_untouched() {
 /// Records written at once into freshly created deep folders (`mkdir -p` then
 /// the files): every one is seen without a restart.
 #[test]
-#[ignore = "BUG: new folders are scanned BEFORE they are watched (agent.rs on_event ISDIR CREATE/MOVED_TO: spool::scan_below collects dirs and XMLs, only then add_watch on each dir; same order in rescan()). A subfolder created (and filled) between the scan of its parent and the add_watch on that parent is neither scanned nor watched, so its records are never seen until the next restart (status: seen/exported short, backlog 0, no error). Observed: 1, 3 and 6 of 300 records lost in 3 of 3 runs; folders_created_and_removed_quickly loses 1-2 of 44 in about 1 run of 8. Fix: add the watch on a folder before reading it (watch-then-list), and rescan a folder after adding its watch."]
 fn records_in_new_deep_folders_are_all_seen() {
     let a = Appliance::new(1);
     let (mut d, log) = start(&a, 600);
