@@ -262,6 +262,8 @@ fn hostile_records_are_error_rows_and_the_agent_keeps_going() {
     im.platform = "symphony".into();
     im.files = vec![("transcript".into(), "bomb.im".into(), bomb.clone())];
     im.write(&day);
+    // The daemon reads the transcript to write <id>.messages.json: refused.
+    expect_err += 1;
 
     // And a good record after all of it.
     Rec::voice("good", "100").write(&day);
@@ -333,13 +335,15 @@ fn hostile_records_are_error_rows_and_the_agent_keeps_going() {
         .expect("template record exported");
     assert_eq!(tmpl[9], "a_b_c/.._.._.._x/_/u-1/.._.._.._.._.._tmp_evil-id");
     assert!(a.targets[0].join(&tmpl[9]).join("tmpl.wav").exists());
-    // The bomb is copied as recorded (bytes, not inflated) or refused: never expanded.
-    if let Some(r) = exports.iter().find(|r| r[1] == "bomb") {
-        assert_eq!(
-            fs::read(a.targets[0].join(&r[9]).join("bomb.im")).unwrap(),
-            bomb
-        );
-    }
+    // The bomb is refused when the transcript is read (never expanded), as an
+    // error row; nothing of it is exported.
+    assert!(
+        errors
+            .iter()
+            .any(|r| r[1] == "bomb" && r[11] == "bad_content" && r[12].contains("zip bomb")),
+        "{errors:?}"
+    );
+    assert!(!exports.iter().any(|r| r[1] == "bomb"));
     let outside_after = files_below(a.dir.path())
         .into_iter()
         .filter(|f| {
