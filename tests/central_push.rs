@@ -1054,7 +1054,7 @@ fn records_in_a_new_spool_folder_are_not_missed() {
         a.rows_with("export").len() + a.rows_with("skip").len() + a.rows_with("error").len()
     };
     let t = Instant::now();
-    while done(&a) < n && t.elapsed() < Duration::from_secs(10) {
+    while done(&a) < n && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let exported: Vec<String> = a.rows_with("export").iter().map(|r| r[1].clone()).collect();
@@ -1067,7 +1067,7 @@ fn records_in_a_new_spool_folder_are_not_missed() {
         // The files are fine: the startup rescan of a restarted daemon takes them.
         let mut d = a.spawn();
         let t = Instant::now();
-        while a.rows_with("export").len() < n && t.elapsed() < Duration::from_secs(10) {
+        while a.rows_with("export").len() < n && t.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = d.stop();
