@@ -1316,11 +1316,13 @@ impl Agent {
                 let mut last_report = Instant::now() - heartbeat;
                 // Sleeps until `deadline`; a kick from the main loop sends a
                 // status report at once without cutting the wait short.
-                let wait_until = |deadline: Instant, last_report: &mut Instant| {
+                // Returns false when the agent is shutting down (its end of the
+                // kick channel is gone): the thread then stops at once.
+                let wait_until = |deadline: Instant, last_report: &mut Instant| -> bool {
                     loop {
                         let now = Instant::now();
                         if now >= deadline {
-                            return;
+                            return true;
                         }
                         match kick_rx.recv_timeout(deadline - now) {
                             Ok(()) => {
@@ -1330,8 +1332,8 @@ impl Agent {
                                     Err(e) => warn!("status report to central failed: {e}"),
                                 }
                             }
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return true,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
                         }
                     }
                 };
@@ -1372,7 +1374,9 @@ impl Agent {
                             backoff.reset();
                             // Central answered without holding the request: do
                             // not hammer it; wait (a status report may wake us).
-                            wait_until(poll_started + poll_interval, &mut last_report);
+                            if !wait_until(poll_started + poll_interval, &mut last_report) {
+                                return;
+                            }
                         }
                         Ok(out) => {
                             backoff.reset();
@@ -1382,8 +1386,10 @@ impl Agent {
                             }
                             // Central keeps offering a bundle we refuse: do not
                             // fetch it again in a loop.
-                            if rejected {
-                                wait_until(poll_started + poll_interval, &mut last_report);
+                            if rejected
+                                && !wait_until(poll_started + poll_interval, &mut last_report)
+                            {
+                                return;
                             }
                         }
                         Err(e) => {
@@ -1393,9 +1399,11 @@ impl Agent {
                                 d.as_secs_f64()
                             );
                             // Wait, but wake early to send a status report when asked.
-                            let _ = kick_rx
-                                .recv_timeout(d)
-                                .map(|_| last_report = Instant::now() - heartbeat);
+                            match kick_rx.recv_timeout(d) {
+                                Ok(()) => last_report = Instant::now() - heartbeat,
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            }
                         }
                     }
                     if tx.is_closed() {

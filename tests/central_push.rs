@@ -644,10 +644,17 @@ struct Nginx {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
+    // One nginx at a time in this test binary: a port picked free can be
+    // picked again by a parallel test, and a second nginx failing to bind it
+    // would leave that test talking to the first one.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static NGINX_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Nginx {
     fn start(bin: &Path, pki: &Pki, bundle: &[u8]) -> Nginx {
+        let guard = NGINX_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let dir = TempDir::new("nginx");
         fs::write(dir.path().join("bundle.json"), bundle).unwrap();
         for attempt in 0..5 {
@@ -730,11 +737,14 @@ http {{
                 .unwrap();
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(10) {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && child.try_wait().unwrap().is_none()
+                {
                     return Nginx {
                         child: Some(child),
                         dir,
                         port,
+                        _one_at_a_time: guard,
                     };
                 }
                 if let Some(st) = child.try_wait().unwrap() {
