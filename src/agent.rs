@@ -188,6 +188,21 @@ struct Agent {
     pending_since: HashMap<PathKey, Instant>,
     /// The last configuration apply: success, unix seconds.
     last_apply: Option<(bool, f64)>,
+    /// Files found in a new folder whose creation was not seen (possibly
+    /// still being written), with the time to look at them again.
+    uncertain: HashMap<PathBuf, Instant>,
+}
+
+/// How long a file found without its creation event must stay unchanged
+/// before it is taken as complete (when its close event was not seen).
+const UNCERTAIN_RECHECK: Duration = Duration::from_secs(5);
+
+fn recently_modified(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age < UNCERTAIN_RECHECK)
 }
 
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -349,6 +364,7 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
         central_kick: None,
         pending_since: HashMap::new(),
         last_apply: None,
+        uncertain: HashMap::new(),
     };
 
     let mut sigterm =
@@ -615,10 +631,28 @@ impl Agent {
         let d = self
             .held()
             .then(|| Instant::now() + Duration::from_millis(200));
-        [a, b, c, d, self.next_expiry].into_iter().flatten().min()
+        let e = self.uncertain.values().min().copied();
+        [a, b, c, d, e, self.next_expiry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn fire_timers(&mut self, now: Instant, w: &mut inotify::Watches) {
+        let due: Vec<PathBuf> = self
+            .uncertain
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            if p.exists() && recently_modified(&p) {
+                self.uncertain.insert(p, now + UNCERTAIN_RECHECK);
+                continue;
+            }
+            self.uncertain.remove(&p);
+            self.file_closed(&p);
+        }
         if self.next_expiry.is_some_and(|d| d <= now) {
             self.expire_requests();
         }
@@ -705,11 +739,30 @@ impl Agent {
                     return;
                 };
                 let mut found = Vec::new();
+                let mut files = Vec::new();
                 // Each folder is watched before it is read, so nothing created
                 // in between is missed.
-                spool::scan_below(&root, &path, &mut |d| self.add_watch(w, d), &mut |x| {
-                    found.push(x)
-                });
+                spool::scan_below(
+                    &root,
+                    &path,
+                    &mut |d| self.add_watch(w, d),
+                    &mut |x| found.push(x),
+                    &mut |f| files.push(f.to_path_buf()),
+                );
+                // Files that landed before the watch: their creation was not
+                // seen, so a recent one may still be open for writing. Treat it
+                // as being written until it is closed (now watched) or has not
+                // changed for a while.
+                for f in files {
+                    if recently_modified(&f) {
+                        self.ctx
+                            .writing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(f.clone());
+                        self.uncertain.insert(f, Instant::now() + UNCERTAIN_RECHECK);
+                    }
+                }
                 for x in found {
                     self.enqueue(
                         x,
@@ -760,7 +813,20 @@ impl Agent {
             if let Some(x) = XmlRef::stat(&root, &path) {
                 self.enqueue(x, Options::default());
             }
-        } else if let Some(keys) = self.waiting_files.remove(&path) {
+        } else {
+            self.uncertain.remove(&path);
+            self.file_closed(&path);
+        }
+    }
+
+    /// A content file is complete now: records waiting for it go again.
+    fn file_closed(&mut self, path: &Path) {
+        self.ctx
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        if let Some(keys) = self.waiting_files.remove(path) {
             for k in keys {
                 if let Some(p) = self.incomplete.get(&k) {
                     let expired = p.deadline.is_none();
@@ -929,6 +995,13 @@ impl Agent {
             }
             Outcome::Vanished => {
                 self.forget(key);
+            }
+            Outcome::AlreadyDone => {
+                self.pending_since.remove(&key);
+                self.incomplete.remove(&key);
+                self.retry.remove(&key);
+                self.blocked.remove(&key);
+                self.failures.remove(&key);
             }
             Outcome::Young(_) => {
                 let attempt = prev_attempt.unwrap_or(0) + 1;

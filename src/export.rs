@@ -73,6 +73,8 @@ pub struct Ctx {
 pub enum Outcome {
     /// Finished for this version of the XML (journaled).
     Finished(journal::Outcome),
+    /// This version of the XML was finished before (journal): nothing done.
+    AlreadyDone,
     /// Listed files are missing; wait for them.
     Incomplete {
         /// Absolute paths of the missing files.
@@ -460,7 +462,7 @@ fn run(
         }
     };
     if w.journal(|j| Ok(j.is_done(&xml.key, xml.size, xml.mtime_ns)))? {
-        return Ok((Outcome::Finished(journal::Outcome::Exported), None));
+        return Ok((Outcome::AlreadyDone, None));
     }
 
     let rec = match record::parse(&plain_xml) {

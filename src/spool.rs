@@ -77,7 +77,7 @@ pub fn scan(
     on_xml: &mut dyn FnMut(XmlRef),
     on_error: &mut dyn FnMut(&Path, io::Error),
 ) {
-    scan_from(root, root, on_dir, on_xml, on_error)
+    scan_from(root, root, on_dir, on_xml, &mut |_| {}, on_error)
 }
 
 /// Like [`scan`], starting at `start` (a folder below `root`), for a folder
@@ -87,8 +87,9 @@ pub fn scan_below(
     start: &Path,
     on_dir: &mut dyn FnMut(&Path),
     on_xml: &mut dyn FnMut(XmlRef),
+    on_file: &mut dyn FnMut(&Path),
 ) {
-    scan_from(root, start, on_dir, on_xml, &mut |_, _| {})
+    scan_from(root, start, on_dir, on_xml, on_file, &mut |_, _| {})
 }
 
 fn scan_from(
@@ -96,6 +97,7 @@ fn scan_from(
     start: &Path,
     on_dir: &mut dyn FnMut(&Path),
     on_xml: &mut dyn FnMut(XmlRef),
+    on_file: &mut dyn FnMut(&Path),
     on_error: &mut dyn FnMut(&Path, io::Error),
 ) {
     let depth0 = start
@@ -126,6 +128,8 @@ fn scan_from(
                 if depth + 1 < MAX_DEPTH && !name.starts_with('.') {
                     stack.push((p, depth + 1));
                 }
+            } else if ft.is_file() && !is_metadata_name(&name) && !is_temp_name(&name) {
+                on_file(&p);
             } else if ft.is_file() && is_metadata_name(&name) {
                 if let Some(x) = XmlRef::stat(root, &p) {
                     on_xml(x);
