@@ -191,6 +191,8 @@ struct Agent {
     /// Files found in a new folder whose creation was not seen (possibly
     /// still being written), with the time to look at them again.
     uncertain: HashMap<PathBuf, Instant>,
+    /// Records whose listed files are all there but some still being written.
+    writing_wait: HashMap<PathKey, XmlRef>,
 }
 
 /// How long a file found without its creation event must stay unchanged
@@ -365,6 +367,7 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
         pending_since: HashMap::new(),
         last_apply: None,
         uncertain: HashMap::new(),
+        writing_wait: HashMap::new(),
     };
 
     let mut sigterm =
@@ -615,6 +618,8 @@ impl Agent {
 
     fn idle(&self) -> bool {
         !self.held()
+            && self.writing_wait.is_empty()
+            && self.uncertain.is_empty()
             && self.requests_running.is_empty()
             && self.queue.is_empty()
             && self.inflight.is_empty()
@@ -828,6 +833,10 @@ impl Agent {
             .remove(path);
         if let Some(keys) = self.waiting_files.remove(path) {
             for k in keys {
+                if let Some(x) = self.writing_wait.remove(&k) {
+                    self.enqueue(x, Options::default());
+                    continue;
+                }
                 if let Some(p) = self.incomplete.get(&k) {
                     let expired = p.deadline.is_none();
                     let x = p.xml.clone();
@@ -845,6 +854,7 @@ impl Agent {
 
     fn forget(&mut self, key: PathKey) {
         self.pending_since.remove(&key);
+        self.writing_wait.remove(&key);
         self.incomplete.remove(&key);
         self.retry.remove(&key);
         self.blocked.remove(&key);
@@ -913,6 +923,7 @@ impl Agent {
         match rep.outcome {
             Outcome::Finished(out) => {
                 self.pending_since.remove(&key);
+                self.writing_wait.remove(&key);
                 self.status.counts.seen += 1;
                 self.incomplete.remove(&key);
                 self.retry.remove(&key);
@@ -996,6 +1007,12 @@ impl Agent {
             Outcome::Vanished => {
                 self.forget(key);
             }
+            Outcome::Writing(files) => {
+                for m in &files {
+                    self.waiting_files.entry(m.clone()).or_default().insert(key);
+                }
+                self.writing_wait.insert(key, rep.xml.clone());
+            }
             Outcome::AlreadyDone => {
                 self.pending_since.remove(&key);
                 self.incomplete.remove(&key);
@@ -1034,9 +1051,11 @@ impl Agent {
         self.status_dirty = false;
         self.status.updated_at = Timestamp::now().rfc3339().to_string();
         self.status.model_version = self.ctx.snap.version();
-        self.status.backlog =
-            (self.queue.len() + self.inflight.len() + self.incomplete.len() + self.retry.len())
-                as u64;
+        self.status.backlog = (self.queue.len()
+            + self.inflight.len()
+            + self.incomplete.len()
+            + self.retry.len()
+            + self.writing_wait.len()) as u64;
         self.status.retrying = self.retry.len() as u64;
         self.status.blocked = self.blocked.len() as u64;
         *self.shared_status.lock().unwrap_or_else(|p| p.into_inner()) = self.status.clone();

@@ -75,6 +75,9 @@ pub enum Outcome {
     Finished(journal::Outcome),
     /// This version of the XML was finished before (journal): nothing done.
     AlreadyDone,
+    /// Every listed file is there, but some are still being written (created,
+    /// not yet closed): waited for until they are closed, not reported.
+    Writing(Vec<PathBuf>),
     /// Listed files are missing; wait for them.
     Incomplete {
         /// Absolute paths of the missing files.
@@ -546,6 +549,7 @@ fn run(
     needed.sort_unstable();
     needed.dedup();
     let mut missing = Vec::new();
+    let mut being_written = Vec::new();
     for &i in &needed {
         let path = folder.join(&rec.files[i].path);
         let still_written = ctx
@@ -554,7 +558,7 @@ fn run(
             .unwrap_or_else(|p| p.into_inner())
             .contains(&path);
         if still_written {
-            missing.push(path);
+            being_written.push(path);
             continue;
         }
         match open_in_root(&root_canon, &path) {
@@ -574,6 +578,11 @@ fn run(
             }
         }
     }
+    if missing.is_empty() && !being_written.is_empty() {
+        // Present but still being written: not missing; waited for until closed.
+        return Ok((Outcome::Writing(being_written), rid));
+    }
+    missing.extend(being_written);
     if !missing.is_empty() {
         if opts.grace_expired && first_report(ctx, xml.key, 1) {
             let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
