@@ -790,7 +790,12 @@ impl Agent {
             // Track content files still being written (created, not closed).
             let mut writing = self.ctx.writing.lock().unwrap_or_else(|p| p.into_inner());
             if mask.contains(EventMask::CREATE) {
-                writing.insert(path.clone());
+                // Only a new regular file is being written: a symlink or a
+                // hard link to an existing file never gets a close event.
+                use std::os::unix::fs::MetadataExt;
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+                    writing.insert(path.clone());
+                }
             } else if mask.intersects(
                 EventMask::CLOSE_WRITE
                     | EventMask::MOVED_TO

@@ -135,6 +135,7 @@ pub struct Options {
 }
 
 const YOUNG_NS: i64 = 10_000_000_000;
+const FRESH_NS: i64 = 2_000_000_000;
 
 struct Writer<'a> {
     ctx: &'a Ctx,
@@ -472,7 +473,9 @@ fn run(
         Ok(r) => r,
         Err(e) => {
             let age = crate::time::Timestamp::now().0 * 1_000_000 - xml.mtime_ns;
-            if opts.from_scan && age < YOUNG_NS {
+            // Freshly written (a scan may meet an XML mid-write; any read within
+            // a moment of its last change may too): look again shortly.
+            if (opts.from_scan && age < YOUNG_NS) || age < FRESH_NS {
                 return Ok((Outcome::Young(e.to_string()), None));
             }
             err_row(
