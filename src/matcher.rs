@@ -143,20 +143,7 @@ mod tests {
 
     fn snap(filters: Filters, enabled: bool) -> Snapshot {
         let m = Model {
-            targets: vec![TargetSpec {
-                id: "t".into(),
-                kind: TargetKind::Fs,
-                path: Some("/a".into()),
-                endpoint: None,
-                region: None,
-                bucket: None,
-                prefix: None,
-                path_style: None,
-                access_key_id: None,
-                secret_file: None,
-                ca: None,
-                object_lock: None,
-            }],
+            targets: vec![TargetSpec::fs("t", "/a")],
             policies: vec![Policy {
                 id: "p".into(),
                 name: "P".into(),

@@ -96,6 +96,26 @@ pub struct TargetSpec {
     pub object_lock: Option<ObjectLock>,
 }
 
+impl TargetSpec {
+    /// A folder target (`kind = "fs"`) rooted at `path`.
+    pub fn fs(id: &str, path: impl Into<PathBuf>) -> TargetSpec {
+        TargetSpec {
+            id: id.to_string(),
+            kind: TargetKind::Fs,
+            path: Some(path.into()),
+            endpoint: None,
+            region: None,
+            bucket: None,
+            prefix: None,
+            path_style: None,
+            access_key_id: None,
+            secret_file: None,
+            ca: None,
+            object_lock: None,
+        }
+    }
+}
+
 /// S3 Object Lock settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,20 +612,7 @@ mod tests {
     fn sample() -> Model {
         Model {
             version: 1,
-            targets: vec![TargetSpec {
-                id: "nas1".into(),
-                kind: TargetKind::Fs,
-                path: Some("/mnt/archive".into()),
-                endpoint: None,
-                region: None,
-                bucket: None,
-                prefix: None,
-                path_style: None,
-                access_key_id: None,
-                secret_file: None,
-                ca: None,
-                object_lock: None,
-            }],
+            targets: vec![TargetSpec::fs("nas1", "/mnt/archive")],
             policies: vec![Policy {
                 id: "p".into(),
                 name: "P".into(),

@@ -430,20 +430,7 @@ mod tests {
     pub(crate) fn model(n_users: usize) -> Model {
         Model {
             version: 7,
-            targets: vec![TargetSpec {
-                id: "nas1".into(),
-                kind: TargetKind::Fs,
-                path: Some("/mnt/a".into()),
-                endpoint: None,
-                region: None,
-                bucket: None,
-                prefix: None,
-                path_style: None,
-                access_key_id: None,
-                secret_file: None,
-                ca: None,
-                object_lock: None,
-            }],
+            targets: vec![TargetSpec::fs("nas1", "/mnt/a")],
             policies: vec![Policy {
                 id: "p".into(),
                 name: "P".into(),

@@ -300,24 +300,10 @@ impl Target for FsTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TargetKind;
     use crate::target::BytesSource;
 
     fn target(root: &Path) -> FsTarget {
-        FsTarget::new(&TargetSpec {
-            id: "t".into(),
-            kind: TargetKind::Fs,
-            path: Some(root.to_path_buf()),
-            endpoint: None,
-            region: None,
-            bucket: None,
-            prefix: None,
-            path_style: None,
-            access_key_id: None,
-            secret_file: None,
-            ca: None,
-            object_lock: None,
-        })
+        FsTarget::new(&TargetSpec::fs("t", root))
     }
 
     struct Failing;
