@@ -176,6 +176,21 @@ pub fn open_in_root(root_canonical: &Path, path: &Path) -> Result<File, OpenErro
                     why: "a symlink that points nowhere",
                 });
             }
+            // Not there yet, unless the path already leads out of the root
+            // (through a symlinked folder): then it is refused, not waited for.
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if let Ok(c) = fs::canonicalize(d) {
+                    if !c.starts_with(root_canonical) {
+                        return Err(OpenError::Refused {
+                            path: path.to_path_buf(),
+                            why: "it resolves outside the spool root (symlink); it is never followed",
+                        });
+                    }
+                    break;
+                }
+                dir = d.parent();
+            }
             return Err(OpenError::Missing(path.to_path_buf()));
         }
         Err(source) => {
@@ -261,6 +276,13 @@ mod tests {
         assert!(matches!(
             open_in_root(&root, &d.join("root/sub/none.wav")),
             Err(OpenError::Missing(_))
+        ));
+        // Through a symlinked folder leading out, even to a file that does not exist.
+        std::os::unix::fs::symlink(d.join("elsewhere"), d.join("root/sub/out")).unwrap();
+        fs::create_dir_all(d.join("elsewhere")).unwrap();
+        assert!(matches!(
+            open_in_root(&root, &d.join("root/sub/out/nothing.wav")),
+            Err(OpenError::Refused { .. })
         ));
         assert!(matches!(
             open_in_root(&root, &d.join("root/sub")),
