@@ -189,6 +189,12 @@ pub fn open_in_root(root_canonical: &Path, path: &Path) -> Result<File, OpenErro
                     }
                     break;
                 }
+                if fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(OpenError::Refused {
+                        path: path.to_path_buf(),
+                        why: "a symlinked folder in its path points nowhere",
+                    });
+                }
                 dir = d.parent();
             }
             return Err(OpenError::Missing(path.to_path_buf()));
@@ -282,6 +288,11 @@ mod tests {
         fs::create_dir_all(d.join("elsewhere")).unwrap();
         assert!(matches!(
             open_in_root(&root, &d.join("root/sub/out/nothing.wav")),
+            Err(OpenError::Refused { .. })
+        ));
+        std::os::unix::fs::symlink(d.join("gone"), d.join("root/sub/dangling")).unwrap();
+        assert!(matches!(
+            open_in_root(&root, &d.join("root/sub/dangling/x.wav")),
             Err(OpenError::Refused { .. })
         ));
         assert!(matches!(
