@@ -271,34 +271,8 @@ fn every_vcon_of_a_simulated_spool_validates() {
         );
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/vcon_validate.py");
-    let report_path = tmp.path().join("report.json");
-    let out = Command::new(&py)
-        .arg("-W")
-        .arg("ignore")
-        .arg(&script)
-        .arg(&report_path)
-        .args(&vcons)
-        .output()
-        .expect("run the validator");
-    assert!(
-        out.status.success(),
-        "validator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
-    assert_eq!(report["vcon_version"], "0.10.0");
-    let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), vcons.len());
-    for r in results {
-        assert_eq!(r["valid"], true, "{r}");
-        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
-        assert_eq!(r["hash_mismatches"], serde_json::json!([]), "{r}");
-    }
-    println!(
-        "vcon 0.10.0: {} vCons valid (True, []), every content_hash matches",
-        results.len()
-    );
+    let n = validate_all(&py, tmp.path(), &vcons);
+    println!("vcon 0.10.0: {n} vCons valid (True, []), every content_hash matches");
     if std::env::var_os("VCON_KEEP").is_some() {
         println!("kept: {}", tmp.keep().display());
     }
@@ -375,13 +349,21 @@ fn vcons_written_by_the_agent_validate() {
         println!("skipped the Python validation: {why}");
         return;
     }
+    let n = validate_all(&py, tmp.path(), &vcons);
+    println!("agent-written vCons: {n} valid, every content_hash matches its exported file");
+}
+
+/// Runs the Python validator once over `vcons` (report written into `dir`)
+/// and asserts `(True, [])` and matching content hashes for each; returns how
+/// many were checked.
+fn validate_all(py: &str, dir: &Path, vcons: &[PathBuf]) -> usize {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/vcon_validate.py");
-    let report_path = tmp.path().join("report.json");
-    let out = Command::new(&py)
+    let report_path = dir.join("report.json");
+    let out = Command::new(py)
         .args(["-W", "ignore"])
         .arg(&script)
         .arg(&report_path)
-        .args(&vcons)
+        .args(vcons)
         .output()
         .expect("run the validator");
     assert!(
@@ -390,6 +372,7 @@ fn vcons_written_by_the_agent_validate() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["vcon_version"], "0.10.0");
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), vcons.len());
     for r in results {
@@ -397,8 +380,5 @@ fn vcons_written_by_the_agent_validate() {
         assert_eq!(r["errors"], serde_json::json!([]), "{r}");
         assert_eq!(r["hash_mismatches"], serde_json::json!([]), "{r}");
     }
-    println!(
-        "agent-written vCons: {} valid, every content_hash matches its exported file",
-        results.len()
-    );
+    results.len()
 }
