@@ -426,6 +426,10 @@ fn run(
         }
         Err(OpenOrKey::TooLarge(n, size, mtime)) => {
             (xml.size, xml.mtime_ns) = (size, mtime);
+            // Met before (a scan and an event can both bring it): one row only.
+            if w.journal(|j| Ok(j.is_done(&xml.key, size, mtime)))? {
+                return Ok((Outcome::AlreadyDone, None));
+            }
             err_row(
                 w,
                 None,
@@ -453,6 +457,14 @@ fn run(
         }
         Err(OpenOrKey::Decrypt(e, size, mtime)) => {
             (xml.size, xml.mtime_ns) = (size, mtime);
+            if w.journal(|j| Ok(j.is_done(&xml.key, size, mtime)))? {
+                return Ok((Outcome::AlreadyDone, None));
+            }
+            // An encrypted XML still being written does not decrypt yet.
+            let age = crate::time::Timestamp::now().0 * 1_000_000 - mtime;
+            if (opts.from_scan && age < YOUNG_NS) || age < FRESH_NS {
+                return Ok((Outcome::Young(e), None));
+            }
             err_row(
                 w,
                 None,
