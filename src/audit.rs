@@ -8,9 +8,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::group_sync::{GroupSync, Pending};
 use crate::time::Timestamp;
 
 /// The header line of every audit file.
@@ -215,7 +217,7 @@ fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
 pub struct AuditLog {
     dir: PathBuf,
     last_hash: String,
-    day: Option<(i64, File)>,
+    day: Option<(i64, Arc<File>, Arc<GroupSync>)>,
     /// `audit/.lock`: appends from several processes (the daemon and
     /// `exportd request submit`) are serialised, and each re-reads the tail
     /// of the chain under the lock.
@@ -277,6 +279,22 @@ impl AuditLog {
 
     /// Appends one row with the given timestamp and makes it durable.
     pub fn append_at(&mut self, ts: Timestamp, row: &Row) -> Result<String, AuditError> {
+        let (hash, pending) = self.append_deferred(ts, row)?;
+        pending.wait().map_err(|source| AuditError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        Ok(hash)
+    }
+
+    /// Appends one row (written, chained) and returns its hash and the
+    /// fdatasync to wait on before relying on it; the wait can be done
+    /// outside any lock, so concurrent appends share one sync.
+    pub fn append_deferred(
+        &mut self,
+        ts: Timestamp,
+        row: &Row,
+    ) -> Result<(String, Pending), AuditError> {
         rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
             AuditError::Io {
                 path: self.dir.join(".lock"),
@@ -288,7 +306,7 @@ impl AuditLog {
         r
     }
 
-    fn append_locked(&mut self, ts: Timestamp, row: &Row) -> Result<String, AuditError> {
+    fn append_locked(&mut self, ts: Timestamp, row: &Row) -> Result<(String, Pending), AuditError> {
         self.last_hash = chain_tail(&self.dir)?;
         let day = ts.day_number();
         if self.day.as_ref().map(|d| d.0) != Some(day) {
@@ -306,21 +324,26 @@ impl AuditLog {
                     .map_err(io_err(&path))?;
                 crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             }
-            self.day = Some((day, f));
+            self.day = Some((day, Arc::new(f), GroupSync::new()));
         }
         let body = row_body(ts, row, &self.last_hash);
         let hash = sha256_hex(body.as_bytes());
         let line = format!("{body};{hash}\n");
-        if let Some((_, f)) = self.day.as_mut() {
-            f.write_all(line.as_bytes())
-                .and_then(|_| f.sync_data())
-                .map_err(|source| AuditError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })?;
-        }
+        let Some((_, f, g)) = self.day.as_ref() else {
+            return Err(AuditError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("no audit file open"),
+            });
+        };
+        (&**f)
+            .write_all(line.as_bytes())
+            .map_err(|source| AuditError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let pending = Pending::new(f.clone(), g.clone(), g.note_written());
         self.last_hash = hash.clone();
-        Ok(hash)
+        Ok((hash, pending))
     }
 }
 

@@ -145,8 +145,15 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn row(&mut self, row: Row, target_id: &str) -> io::Result<()> {
-        let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
-        a.append(&row).map_err(io::Error::other)?;
+        let pending = {
+            let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
+            a.append_deferred(crate::time::Timestamp::now(), &row)
+                .map_err(io::Error::other)?
+                .1
+        };
+        pending
+            .wait()
+            .map_err(|e| io::Error::new(e.kind(), format!("audit log fdatasync failed: {e}")))?;
         self.tallies.push(Tally {
             action: row.action,
             policy_id: row.policy_id.clone(),
@@ -170,8 +177,16 @@ impl Writer<'_> {
         &self,
         f: impl FnOnce(&mut Journal<FileStore>) -> io::Result<T>,
     ) -> io::Result<T> {
-        let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut j)
+        // Group commit: written under the lock, synced outside it together
+        // with whatever the other workers appended meanwhile.
+        let (r, pending) = {
+            let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+            j.with_deferred(f)
+        };
+        if let Some(p) = pending {
+            p.wait()?;
+        }
+        r
     }
 }
 

@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::group_sync::{GroupSync, Pending};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -142,12 +145,18 @@ pub trait JournalStore {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Atomically replaces everything with `bytes`.
     fn replace(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Writes without waiting for durability; the returned [`Pending`]
+    /// makes it durable (group commit). Stores that cannot defer append
+    /// durably and return `None`.
+    fn append_deferred(&mut self, bytes: &[u8]) -> io::Result<Option<Pending>> {
+        self.append(bytes).map(|()| None)
+    }
 }
 
 /// A [`JournalStore`] in a file.
 pub struct FileStore {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<(Arc<File>, Arc<GroupSync>)>,
 }
 
 impl FileStore {
@@ -156,16 +165,16 @@ impl FileStore {
         FileStore { path, file: None }
     }
 
-    fn file(&mut self) -> io::Result<&mut File> {
+    fn file(&mut self) -> io::Result<&(Arc<File>, Arc<GroupSync>)> {
         if self.file.is_none() {
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)?;
-            self.file = Some(f);
+            self.file = Some((Arc::new(f), GroupSync::new()));
         }
         self.file
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| io::Error::other("journal not open"))
     }
 }
@@ -188,9 +197,16 @@ impl JournalStore for FileStore {
         f.sync_all()
     }
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let f = self.file()?;
-        f.write_all(bytes)?;
-        f.sync_data()
+        match self.append_deferred(bytes)? {
+            Some(p) => p.wait(),
+            None => Ok(()),
+        }
+    }
+    fn append_deferred(&mut self, bytes: &[u8]) -> io::Result<Option<Pending>> {
+        let (f, g) = self.file()?;
+        (&**f).write_all(bytes)?;
+        let seq = g.note_written();
+        Ok(Some(Pending::new(f.clone(), g.clone(), seq)))
     }
     fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.path.with_extension("log.tmp");
@@ -251,6 +267,10 @@ pub struct Journal<S: JournalStore> {
     store: S,
     map: HashMap<PathKey, State>,
     frames: usize,
+    /// Appends are written but not synced (see [`Journal::with_deferred`]).
+    deferred: bool,
+    /// The last deferred append, to wait on.
+    pending: Option<Pending>,
 }
 
 impl<S: JournalStore> Journal<S> {
@@ -265,6 +285,8 @@ impl<S: JournalStore> Journal<S> {
             store,
             map: HashMap::new(),
             frames: entries.len(),
+            deferred: false,
+            pending: None,
         };
         for e in entries {
             j.apply(&e);
@@ -321,7 +343,13 @@ impl<S: JournalStore> Journal<S> {
     }
 
     fn write(&mut self, e: Entry) -> io::Result<()> {
-        self.store.append(&encode_frame(&e))?;
+        if self.deferred {
+            if let Some(p) = self.store.append_deferred(&encode_frame(&e))? {
+                self.pending = Some(p);
+            }
+        } else {
+            self.store.append(&encode_frame(&e))?;
+        }
         self.frames += 1;
         self.apply(&e);
         Ok(())
@@ -336,11 +364,23 @@ impl<S: JournalStore> Journal<S> {
             store,
             map: HashMap::new(),
             frames: entries.len(),
+            deferred: false,
+            pending: None,
         };
         for e in entries {
             j.apply(&e);
         }
         Ok(j)
+    }
+
+    /// Runs `f` with appends written but not yet synced, and returns with
+    /// the result the append to wait on (outside the journal's lock) before
+    /// anything may rely on them: concurrent workers share one sync.
+    pub fn with_deferred<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Option<Pending>) {
+        self.deferred = true;
+        let r = f(self);
+        self.deferred = false;
+        (r, self.pending.take())
     }
 
     /// The state of a record version, if it is this version.

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod compliance;
 pub mod config;
 pub mod export;
+pub mod group_sync;
 pub mod im;
 pub mod journal;
 pub mod layout;
