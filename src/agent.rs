@@ -243,13 +243,13 @@ pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, 
     let source = match bundle.as_ref().and_then(|b| b.current_payload()) {
         Some(p) => format!("bundle:{}", hex::encode(sha2::Sha256::digest(p))),
         None => {
-            let text = std::fs::read(cfg_path).map_err(|source| {
+            let hash = crate::config::file_sha256(cfg_path).map_err(|source| {
                 AgentError::Config(ConfigError::Read {
                     path: cfg_path.to_path_buf(),
                     source,
                 })
             })?;
-            format!("config:{}", hex::encode(sha2::Sha256::digest(&text)))
+            format!("config:{}", hex::encode(hash))
         }
     };
     if let Ok(s) = Snapshot::open(&state_dir.join("snapshot.bin")) {
@@ -1198,7 +1198,14 @@ impl Agent {
     }
 
     fn with_request_env<R>(&self, f: impl FnOnce(&crate::requests::RequestEnv<'_>) -> R) -> R {
-        let model = self.load_model();
+        self.request_env_with(self.load_model(), f)
+    }
+
+    fn request_env_with<R>(
+        &self,
+        model: Model,
+        f: impl FnOnce(&crate::requests::RequestEnv<'_>) -> R,
+    ) -> R {
         let env = crate::requests::RequestEnv {
             state_dir: &self.cfg.state_dir,
             roots: self.ctx.roots.as_ref().clone(),
@@ -1372,7 +1379,11 @@ impl Agent {
     }
 
     fn expire_requests(&mut self) {
-        let ids = self.with_request_env(|env| crate::requests::expire(env, Timestamp::now()));
+        // Expiry only touches the request store and the audit log: the model
+        // (100,000 users are ~100 MiB parsed) is not read for it.
+        let ids = self.request_env_with(Model::default(), |env| {
+            crate::requests::expire(env, Timestamp::now())
+        });
         for id in ids {
             info!(request = %id, "compliance export expired: zip removed");
         }

@@ -149,28 +149,54 @@ impl LocalConfig {
     /// Returns the config and the SHA-256 of the whole file (the snapshot's
     /// source key). Users are checked when a snapshot is compiled.
     pub fn load_head(path: &Path) -> Result<(LocalConfig, [u8; 32]), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::BufRead;
+        let rerr = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
-        let cfg = match split_users(&text) {
-            Some((rest, _)) => {
-                let cfg: LocalConfig = toml::from_str(&rest).map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    msg: e.to_string(),
-                })?;
-                let problems = cfg.problems();
-                if !problems.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_path_buf(),
-                        problems,
-                    });
-                }
-                cfg
-            }
-            None => LocalConfig::parse(&text, path)?,
         };
+        // Streamed line by line: a 100,000-user file (~17 MiB) is never held
+        // whole; only the lines outside `[[users]]` tables are kept.
+        let f = std::fs::File::open(path).map_err(rerr)?;
+        let mut rd = std::io::BufReader::with_capacity(64 << 10, f);
+        let mut hasher = sha2::Sha256::new();
+        let mut rest = String::new();
+        let mut line = String::new();
+        let mut in_users = false;
+        loop {
+            line.clear();
+            if rd.read_line(&mut line).map_err(rerr)? == 0 {
+                break;
+            }
+            if line.contains("\'\'\'") || line.contains("\"\"\"") {
+                // Multi-line strings: table headers cannot be told from text
+                // line by line; parse the whole file instead.
+                let text = std::fs::read_to_string(path).map_err(rerr)?;
+                let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+                return Ok((LocalConfig::parse(&text, path)?, hash));
+            }
+            hasher.update(line.as_bytes());
+            if let Some(name) = table_header(&line) {
+                in_users = name == "[[users]]";
+            }
+            if !in_users {
+                rest.push_str(&line);
+            }
+        }
+        let hash: [u8; 32] = hasher.finalize().into();
+        // The skipped lines are not kept even as blank lines (the TOML parser
+        // sizes its buffers from the text's length): on an error, the whole
+        // file is parsed again for a message with the right line number.
+        let cfg: LocalConfig = match toml::from_str(&rest) {
+            Ok(c) => c,
+            Err(_) => return Ok((LocalConfig::load(path)?, hash)),
+        };
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
         Ok((cfg, hash))
     }
 
@@ -324,28 +350,46 @@ impl LocalConfig {
 /// the tables (with their 1-based first line). `None` when the text has
 /// multi-line strings (then the split is not attempted and the whole
 /// document is parsed at once). A table ends at the next table header.
+/// The table header on `line` (`[name]` or `[[name]]`, spaces removed), if
+/// the line is one.
+fn table_header(l: &str) -> Option<String> {
+    let t = l.split('#').next().unwrap_or("").trim();
+    let ok = t.starts_with('[')
+        && t.ends_with(']')
+        && t.trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'"' | b' '));
+    ok.then(|| t.replace(' ', ""))
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(h.finalize().into())
+}
+
 fn split_users(text: &str) -> Option<(String, Vec<(usize, &str)>)> {
     if text.contains("'''") || text.contains("\"\"\"") {
         return None;
     }
-    let header = |l: &str| -> Option<String> {
-        let t = l.split('#').next().unwrap_or("").trim();
-        let ok = t.starts_with('[')
-            && t.ends_with(']')
-            && t.trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .bytes()
-                .all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'"' | b' ')
-                });
-        ok.then(|| t.replace(' ', ""))
-    };
     let mut rest = String::with_capacity(text.len().min(1 << 16));
     let mut blocks = Vec::new();
     let mut in_users: Option<(usize, usize)> = None; // (first line, byte start)
     let mut pos = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        if let Some(name) = header(line) {
+        if let Some(name) = table_header(line) {
             if let Some((l, start)) = in_users.take() {
                 blocks.push((l, &text[start..pos]));
             }
