@@ -1,9 +1,14 @@
 //! Folder target (`kind = "fs"`): a mounted archive folder.
 //!
-//! Every file is written as a hidden temp name in its final folder, fsynced,
-//! renamed to its final name with `RENAME_NOREPLACE` (so a final name is
-//! never overwritten), then the folder is fsynced. Newly created folders are
-//! fsynced into their parents (the target root too, when it does not exist yet).
+//! Every file is written under a temp name in `<root>/.exportd-tmp/`,
+//! fsynced, renamed to its final name with `RENAME_NOREPLACE` (so a final
+//! name is never overwritten), then the folder is fsynced. Newly created
+//! folders are fsynced into their parents (the target root too, when it does
+//! not exist yet).
+//!
+//! Large files are copied by two threads: this one reads (and decrypts) the
+//! source while a helper hashes and writes the previous buffer, through
+//! three fixed buffers.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -15,8 +20,126 @@ use sha2::{Digest, Sha256, Sha512};
 use super::{PutReceipt, PutRequest, Source, Target, TargetError};
 use crate::model::TargetSpec;
 
-/// Copy buffer size.
+/// Copy buffer size (one buffer for small files).
 const BUF: usize = 256 << 10;
+/// Buffer size of the two-thread copy (three buffers in flight).
+const PIPE_BUF: usize = 128 << 10;
+/// Sources at least this large (or of unknown size: decrypted) are copied
+/// by two threads.
+const PIPE_MIN: u64 = 2 << 20;
+
+/// Hash state of one copy.
+struct Hashes {
+    h256: Sha256,
+    h512: Option<Sha512>,
+    total: u64,
+}
+
+impl Hashes {
+    fn new(want_sha512: bool) -> Hashes {
+        Hashes {
+            h256: Sha256::new(),
+            h512: want_sha512.then(Sha512::new),
+            total: 0,
+        }
+    }
+    fn update(&mut self, b: &[u8]) {
+        self.h256.update(b);
+        if let Some(h) = self.h512.as_mut() {
+            h.update(b);
+        }
+        self.total += b.len() as u64;
+    }
+    fn finish(self) -> ([u8; 32], Option<[u8; 64]>, u64) {
+        (
+            self.h256.finalize().into(),
+            self.h512.map(|h| h.finalize().into()),
+            self.total,
+        )
+    }
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Why a copy stopped.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `input` to `out` on this thread, hashing as it goes.
+fn copy_inline(input: &mut dyn Read, out: &File, h: &mut Hashes) -> Result<(), CopyError> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = read_full(input, &mut buf).map_err(CopyError::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+        (&*out).write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
+}
+
+/// Copies `input` to `out` with reading (and decrypting) on this thread and
+/// hashing + writing on a helper thread, overlapping the two. Three fixed
+/// buffers circulate between them; memory does not depend on the file size.
+fn copy_pipelined(input: &mut dyn Read, out: &File, h: &mut Hashes) -> Result<(), CopyError> {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(2);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
+    for _ in 0..3 {
+        let _ = empty_tx.send(vec![0u8; PIPE_BUF]);
+    }
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(), io::Error> {
+            for (buf, n) in full_rx {
+                h.update(&buf[..n]);
+                (&*out).write_all(&buf[..n])?;
+                if empty_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut read_err = None;
+        while let Ok(mut buf) = empty_rx.recv() {
+            match read_full(input, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if full_tx.send((buf, n)).is_err() {
+                        break; // the writer stopped: its error is below
+                    }
+                }
+                Err(e) => {
+                    read_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(full_tx);
+        let written = match writer.join() {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("the copy's writer thread panicked")),
+        };
+        match (read_err, written) {
+            (_, Err(e)) => Err(CopyError::Write(e)),
+            (Some(e), Ok(())) => Err(CopyError::Read(e)),
+            (None, Ok(())) => Ok(()),
+        }
+    })
+}
 
 /// The hidden folder below the target root where files are written before
 /// they are renamed into their record folder (same file system, so the rename
@@ -198,7 +321,7 @@ impl Target for FsTarget {
         let final_path = dir.join(req.name);
         let tmp_path = self.tmp_path()?;
 
-        let mut out = OpenOptions::new()
+        let out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o640)
@@ -208,32 +331,20 @@ impl Target for FsTarget {
 
         let result = (|| {
             let mut input = src.open().map_err(TargetError::Source)?;
-            let mut h256 = Sha256::new();
-            let mut h512 = req.want_sha512.then(Sha512::new);
-            let mut buf = vec![0u8; BUF];
-            let mut total = 0u64;
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(TargetError::Source(e)),
-                };
-                h256.update(&buf[..n]);
-                if let Some(h) = h512.as_mut() {
-                    h.update(&buf[..n]);
-                }
-                out.write_all(&buf[..n])
-                    .map_err(|e| self.io_err("write", &tmp_path, e))?;
-                total += n as u64;
+            let mut h = Hashes::new(req.want_sha512);
+            let copied = if src.len_hint().is_none_or(|n| n >= PIPE_MIN) {
+                copy_pipelined(&mut *input, &out, &mut h)
+            } else {
+                copy_inline(&mut *input, &out, &mut h)
+            };
+            match copied {
+                Ok(()) => {}
+                Err(CopyError::Read(e)) => return Err(TargetError::Source(e)),
+                Err(CopyError::Write(e)) => return Err(self.io_err("write", &tmp_path, e)),
             }
             out.sync_all()
                 .map_err(|e| self.io_err("fsync", &tmp_path, e))?;
-            Ok((
-                <[u8; 32]>::from(h256.finalize()),
-                h512.map(|h| <[u8; 64]>::from(h.finalize())),
-                total,
-            ))
+            Ok(h.finish())
         })();
         drop(out);
         let (sha256, sha512, bytes) = match result {
@@ -370,6 +481,71 @@ mod tests {
         assert!(matches!(t.put(&req, &Failing), Err(TargetError::Source(_))));
         assert_eq!(fs::read_dir(d.join("f")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(d.join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    /// A source handing out odd-sized reads of `data`, size unknown (as a
+    /// decrypting reader is).
+    struct Chunky(Vec<u8>);
+    impl Source for Chunky {
+        fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+            struct R<'a>(&'a [u8], usize);
+            impl Read for R<'_> {
+                fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                    self.1 = (self.1 * 7 + 3) % 70_001 + 1;
+                    let n = self.1.min(b.len()).min(self.0.len());
+                    b[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            Ok(Box::new(R(&self.0, 0)))
+        }
+        fn len_hint(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn large_sources_copy_through_two_threads_exactly() {
+        let d = tempdir();
+        let t = target(&d);
+        let mut x = 0x9e37_79b9_u32;
+        let data: Vec<u8> = (0..(5 << 20) + 12_345)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for (name, src) in [
+            ("chunky.mp4", &Chunky(data.clone()) as &dyn Source),
+            ("bytes.mp4", &BytesSource(&data)),
+            ("small.wav", &BytesSource(&data[..100_000])),
+        ] {
+            let req = PutRequest {
+                folder: "big",
+                name,
+                want_sha512: true,
+            };
+            let r = t.put(&req, src).unwrap();
+            let want = if name == "small.wav" {
+                &data[..100_000]
+            } else {
+                &data[..]
+            };
+            assert_eq!(r.bytes, want.len() as u64, "{name}");
+            assert_eq!(r.sha256, <[u8; 32]>::from(Sha256::digest(want)), "{name}");
+            assert_eq!(
+                r.sha512,
+                Some(<[u8; 64]>::from(Sha512::digest(want))),
+                "{name}"
+            );
+            assert!(
+                fs::read(d.join("big").join(name)).unwrap() == want,
+                "{name}"
+            );
+        }
     }
 
     #[test]
