@@ -526,6 +526,7 @@ fn run(
     let snap = &ctx.snap;
     let (user, verdicts) = match decide(&rec, snap) {
         Decision::Skip(reason, _) => {
+            snap.release_pages();
             let mut row = w.base(Some(&rec));
             row.action = Action::Skip.as_str();
             row.error_code = reason.code().to_string();
@@ -538,6 +539,8 @@ fn run(
         }
         Decision::Policies(u, v) => (u, v),
     };
+    // Matching is done: the snapshot pages it touched need not stay mapped.
+    snap.release_pages();
 
     // 3. plan, and check every needed file is there
     let folder = xml.folder().to_path_buf();

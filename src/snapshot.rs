@@ -286,9 +286,17 @@ impl Snapshot {
         // through the map: a 100,000-user snapshot is ~14 MiB, and reading it
         // via the map would make every page resident in this process.
         let crc = stream_crc(&f).map_err(io)?;
+        // Drop the file from the page cache (it was just read, or written
+        // by the compiler, in large folios): with MADV_RANDOM, lookups then
+        // bring in single pages, and a lookup maps a few KiB, not a 2 MiB
+        // folio. Clean pages only; nothing is lost.
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
         let map = map_file(&f).map_err(io)?;
         // Lookups touch a few pages at random: no read-ahead around them.
         let _ = map.advise(memmap2::Advice::Random);
+        // Nor a whole 2 MiB folio mapped at once for a 16-byte index entry
+        // (large page-cache folios can be PMD-mapped otherwise).
+        let _ = map.advise(memmap2::Advice::NoHugePage);
         if u32_at(&map, 20) != Some(crc) {
             return Err(SnapshotError::Corrupt("checksum mismatch".into()));
         }
@@ -359,6 +367,21 @@ impl Snapshot {
             users_at,
             blob_at,
         })
+    }
+
+    /// Drops this process's mappings of the snapshot's pages once a lookup
+    /// is done. The pages stay in the page cache and fault back in on the
+    /// next lookup; without this, lookups spread over 100,000 users would
+    /// make the whole file (~14 MiB) resident in the agent over time.
+    pub fn release_pages(&self) {
+        if let Backing::Map(m) = &self.data {
+            #[allow(unsafe_code)]
+            // SAFETY: a read-only shared mapping of a file that is never
+            // modified in place: MADV_DONTNEED only drops page-table entries,
+            // and the next access reads the same bytes from the page cache
+            // (also while another thread is reading the map).
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 
     /// What the snapshot was compiled from, if recorded.
