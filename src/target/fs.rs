@@ -20,10 +20,51 @@ use sha2::{Digest, Sha256, Sha512};
 use super::{PutReceipt, PutRequest, Source, Target, TargetError};
 use crate::model::TargetSpec;
 
-/// Copy buffer size (one buffer for small files).
-const BUF: usize = 256 << 10;
-/// Buffer size of the two-thread copy (three buffers in flight).
-const PIPE_BUF: usize = 128 << 10;
+/// Copy buffer size (one buffer for a small file, three in flight for a
+/// large one).
+const BUF: usize = 64 << 10;
+/// Copy buffers kept for reuse (enough for 8 workers copying large files).
+const POOL_MAX: usize = 24;
+
+/// Copy buffers are taken from and returned to one pool shared by all
+/// workers: allocated once, never freed and allocated again on another
+/// worker thread (which would leave freed buffers cached in every thread's
+/// malloc arena, growing the resident set with the number of workers).
+static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+
+/// A copy buffer on loan from [`POOL`].
+struct PoolBuf(Option<Box<[u8]>>);
+
+impl PoolBuf {
+    fn take() -> PoolBuf {
+        let b = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        PoolBuf(Some(b.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())))
+    }
+}
+
+impl std::ops::Deref for PoolBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl std::ops::DerefMut for PoolBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or(&mut [])
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            let mut p = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            if p.len() < POOL_MAX {
+                p.push(b);
+            }
+        }
+    }
+}
 /// Sources at least this large (or of unknown size: decrypted) are copied
 /// by two threads.
 const PIPE_MIN: u64 = 2 << 20;
@@ -81,7 +122,7 @@ enum CopyError {
 
 /// Copies `input` to `out` on this thread, hashing as it goes.
 fn copy_inline(input: &mut dyn Read, out: &File, h: &mut Hashes) -> Result<(), CopyError> {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = PoolBuf::take();
     loop {
         let n = read_full(input, &mut buf).map_err(CopyError::Read)?;
         if n == 0 {
@@ -97,10 +138,10 @@ fn copy_inline(input: &mut dyn Read, out: &File, h: &mut Hashes) -> Result<(), C
 /// buffers circulate between them; memory does not depend on the file size.
 fn copy_pipelined(input: &mut dyn Read, out: &File, h: &mut Hashes) -> Result<(), CopyError> {
     use std::sync::mpsc::sync_channel;
-    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(2);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
+    let (full_tx, full_rx) = sync_channel::<(PoolBuf, usize)>(2);
+    let (empty_tx, empty_rx) = sync_channel::<PoolBuf>(3);
     for _ in 0..3 {
-        let _ = empty_tx.send(vec![0u8; PIPE_BUF]);
+        let _ = empty_tx.send(PoolBuf::take());
     }
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), io::Error> {
@@ -300,7 +341,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
 pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; BUF];
+    let mut buf = PoolBuf::take();
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
