@@ -1,34 +1,11 @@
-//! benches/run's helper: what the `exportd` CLI cannot do yet.
+//! benches/run's helper: what the `exportd` CLI does not expose.
 //!
-//!   exportd-bench-helper run-keys CONFIG
-//!       `exportd run --until-idle` with the age key store of the config's
-//!       `keys_dir` wired in (the CLI's plugins() has no keys plugin yet).
 //!   exportd-bench-helper snapshot-load SNAPSHOT.bin N EXTENSION
 //!       opens the snapshot N times (mmap) and looks EXTENSION up; prints the
 //!       median open time in microseconds and VmRSS/VmHWM in KiB.
 
-use std::io::{self, Read};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
-
-use exportd::age::{Decryptor, KeyStore};
-use exportd::agent::{Plugins, RunOptions};
-use exportd::export::Keys;
-
-struct StoreKeys(KeyStore);
-
-impl Keys for StoreKeys {
-    fn decrypt<'a>(&self, src: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
-        match Decryptor::new(src, &self.0) {
-            Ok(d) => Ok(Box::new(d)),
-            Err(e) => Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())),
-        }
-    }
-    fn fingerprint(&self) -> [u8; 32] {
-        self.0.fingerprint()
-    }
-}
 
 fn proc_status(field: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -42,37 +19,6 @@ fn proc_status(field: &str) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("run-keys") => {
-            let plugins = Plugins {
-                keys: Some(Arc::new(|dir: &Path| {
-                    let (store, errs) = KeyStore::load_dir(dir);
-                    for e in errs {
-                        eprintln!("key file: {e}");
-                    }
-                    Arc::new(StoreKeys(store)) as Arc<dyn Keys>
-                })),
-                ..Plugins::default()
-            };
-            let opts = RunOptions { until_idle: true, ..Default::default() };
-            match exportd::agent::run(Path::new(&args[2]), opts, plugins) {
-                Ok(sum) => {
-                    for f in &sum.failures {
-                        eprintln!("failed: {f}");
-                    }
-                    eprintln!(
-                        "{} records: {} exported, {} failed",
-                        sum.counts.seen,
-                        sum.counts.exported,
-                        sum.failures.len()
-                    );
-                    std::process::exit(if sum.failures.is_empty() { 0 } else { 1 });
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    std::process::exit(2);
-                }
-            }
-        }
         Some("snapshot-load") => {
             let path = Path::new(&args[2]);
             let n: usize = args[3].parse().unwrap();
@@ -101,7 +47,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: exportd-bench-helper run-keys CONFIG | snapshot-load SNAPSHOT N EXT");
+            eprintln!("usage: exportd-bench-helper snapshot-load SNAPSHOT N EXT");
             std::process::exit(2);
         }
     }
