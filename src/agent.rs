@@ -243,7 +243,7 @@ pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, 
     let source = match bundle.as_ref().and_then(|b| b.current_payload()) {
         Some(p) => format!("bundle:{}", hex::encode(sha2::Sha256::digest(p))),
         None => {
-            let hash = crate::config::file_sha256(cfg_path).map_err(|source| {
+            let hash = crate::target::fs::sha256_file(cfg_path).map_err(|source| {
                 AgentError::Config(ConfigError::Read {
                     path: cfg_path.to_path_buf(),
                     source,

@@ -363,23 +363,6 @@ fn table_header(l: &str) -> Option<String> {
     ok.then(|| t.replace(' ', ""))
 }
 
-/// SHA-256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(h.finalize().into())
-}
-
 fn split_users(text: &str) -> Option<(String, Vec<(usize, &str)>)> {
     if text.contains("'''") || text.contains("\"\"\"") {
         return None;
