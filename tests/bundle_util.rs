@@ -148,3 +148,73 @@ pub fn state_at(v: u64) -> TempDir {
     .unwrap();
     dir
 }
+
+/// PEM files of one test PKI: a CA, a server certificate for localhost and
+/// 127.0.0.1, and a client certificate (the agent's).
+pub struct Pki {
+    /// Owns the files (removed on drop).
+    pub dir: TempDir,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+/// Mints a fresh test PKI in a temporary directory.
+pub fn mint(tag: &str) -> Pki {
+    mint_cn(tag, "a1")
+}
+
+/// [`mint`] with the client certificate's common name given.
+pub fn mint_cn(tag: &str, client_cn: &str) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let dir = TempDir::new(tag);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{tag} test CA"));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut sp =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = sp.signed_by(&server_key, &issuer).unwrap();
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name.push(DnType::CommonName, client_cn);
+    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
+
+    let p = |n: &str| dir.path().join(n);
+    fs::write(p("ca.pem"), ca_cert.pem()).unwrap();
+    fs::write(p("server.pem"), server_cert.pem()).unwrap();
+    fs::write(p("server.key"), server_key.serialize_pem()).unwrap();
+    fs::write(p("agent.pem"), client_cert.pem()).unwrap();
+    fs::write(p("agent.key"), client_key.serialize_pem()).unwrap();
+    Pki {
+        ca: p("ca.pem"),
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+        client_cert: p("agent.pem"),
+        client_key: p("agent.key"),
+        dir,
+    }
+}

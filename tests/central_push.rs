@@ -24,12 +24,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
 use ed25519_dalek::SigningKey;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::{Value, json};
-use util::{TempDir, anchors, central, cfg_only, mallory, ops, sign_config};
+use util::{Pki, TempDir, anchors, central, cfg_only, mallory, ops, sign_config};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -365,59 +361,9 @@ fn every_rejection_keeps_the_model_in_force() {
 
 // ------------------------------------------------------------- test PKI
 
-/// PEM files of one test PKI (CA, server cert for 127.0.0.1, client cert).
-struct Pki {
-    /// Owns the files (removed on drop).
-    _dir: TempDir,
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// Same minting as `bundle_central.rs`.
+/// A test PKI whose client certificate names this test's agent (`it`).
 fn mint(tag: &str) -> Pki {
-    let dir = TempDir::new(tag);
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{tag} test CA"));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut sp =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = sp.signed_by(&server_key, &issuer).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
-    cp.distinguished_name.push(DnType::CommonName, "it");
-    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
-
-    let p = |n: &str| dir.path().join(n);
-    fs::write(p("ca.pem"), ca_cert.pem()).unwrap();
-    fs::write(p("server.pem"), server_cert.pem()).unwrap();
-    fs::write(p("server.key"), server_key.serialize_pem()).unwrap();
-    fs::write(p("agent.pem"), client_cert.pem()).unwrap();
-    fs::write(p("agent.key"), client_key.serialize_pem()).unwrap();
-    Pki {
-        ca: p("ca.pem"),
-        server_cert: p("server.pem"),
-        server_key: p("server.key"),
-        client_cert: p("agent.pem"),
-        client_key: p("agent.key"),
-        _dir: dir,
-    }
+    util::mint_cn(tag, "it")
 }
 
 fn central_toml(url: &str, ca: &Path, pki: &Pki) -> String {
