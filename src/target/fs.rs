@@ -551,7 +551,7 @@ mod tests {
         let d = tempdir();
         let t = target(&d);
         let mut x = 0x9e37_79b9_u32;
-        let data: Vec<u8> = (0..(5 << 20) + 12_345)
+        let data: Vec<u8> = (0..(2 << 20) + 12_345)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
