@@ -5,7 +5,26 @@
 
 mod cli;
 
+/// At most two malloc arenas. glibc gives each thread that allocates its
+/// own arena (up to 8 per core), and every arena keeps what its thread
+/// freed: with 8 copy workers that alone was ~2 MiB of a ~9 MiB resident
+/// set. The workers allocate little per record, so sharing costs nothing
+/// measurable.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets an allocator tunable; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() {
+    limit_malloc_arenas();
     let code = match cli::main() {
         Ok(code) => code,
         Err(e) => {
