@@ -7,6 +7,7 @@
 //! when a record is processed and what to do with the [`Outcome`].
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -194,35 +195,40 @@ fn is_no_key(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::PermissionDenied
 }
 
-/// Reads the metadata XML (decrypting `.xml.age`), bounded.
+/// Opens the metadata XML safely; returns it with its size and mtime (ns).
+fn open_metadata(root_canon: &Path, xml: &XmlRef) -> Result<(File, u64, i64), OpenError> {
+    use std::os::unix::fs::MetadataExt;
+    let f = open_in_root(root_canon, &xml.path)?;
+    let m = f.metadata().map_err(|e| OpenError::Io {
+        path: xml.path.clone(),
+        source: e,
+    })?;
+    let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    Ok((f, m.len(), mtime))
+}
+
+/// Reads the opened metadata XML (decrypting `.xml.age`), bounded: the raw
+/// bytes and the plaintext.
 fn read_metadata(
     ctx: &Ctx,
-    root_canon: &Path,
+    f: &File,
     xml: &XmlRef,
-) -> Result<(Vec<u8>, Vec<u8>, u64, i64), OpenOrKey> {
-    use std::os::unix::fs::MetadataExt;
-    let f = open_in_root(root_canon, &xml.path).map_err(OpenOrKey::Open)?;
-    let m = f.metadata().map_err(|e| {
-        OpenOrKey::Open(OpenError::Io {
-            path: xml.path.clone(),
-            source: e,
-        })
-    })?;
-    let (size, mtime) = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
+    size: u64,
+) -> Result<(Vec<u8>, Vec<u8>), MetadataError> {
     if size > record::MAX_XML_BYTES as u64 * 4 {
-        return Err(OpenOrKey::TooLarge(size, size, mtime));
+        return Err(MetadataError::TooLarge);
     }
     let mut raw = Vec::with_capacity(size as usize);
-    (&f).take(record::MAX_XML_BYTES as u64 * 4 + 1)
+    f.take(record::MAX_XML_BYTES as u64 * 4 + 1)
         .read_to_end(&mut raw)
         .map_err(|e| {
-            OpenOrKey::Open(OpenError::Io {
+            MetadataError::Unreadable(OpenError::Io {
                 path: xml.path.clone(),
                 source: e,
             })
         })?;
     if !xml.encrypted() {
-        return Ok((raw.clone(), raw, size, mtime));
+        return Ok((raw.clone(), raw));
     }
     let mut plain = Vec::new();
     let rd = ctx.keys.decrypt(Box::new(io::Cursor::new(raw.clone())));
@@ -230,17 +236,37 @@ fn read_metadata(
         r.take(record::MAX_XML_BYTES as u64 + 1)
             .read_to_end(&mut plain)
     }) {
-        Ok(_) => Ok((raw, plain, size, mtime)),
-        Err(e) if is_no_key(&e) => Err(OpenOrKey::NoKey(e.to_string(), size, mtime)),
-        Err(e) => Err(OpenOrKey::Decrypt(e.to_string(), size, mtime)),
+        Ok(_) => Ok((raw, plain)),
+        Err(e) if is_no_key(&e) => Err(MetadataError::NoKey(e.to_string())),
+        Err(e) => Err(MetadataError::Decrypt(e.to_string())),
     }
 }
 
-enum OpenOrKey {
-    Open(OpenError),
-    NoKey(String, u64, i64),
-    Decrypt(String, u64, i64),
-    TooLarge(u64, u64, i64),
+/// Why an opened metadata XML yields no text.
+enum MetadataError {
+    Unreadable(OpenError),
+    TooLarge,
+    NoKey(String),
+    Decrypt(String),
+}
+
+/// Journals this version of the record as rejected (its error row is
+/// written), so it is not taken up again until its XML changes.
+fn rejected(
+    w: &Writer<'_>,
+    xml: &XmlRef,
+    rid: Option<String>,
+) -> io::Result<(Outcome, Option<String>)> {
+    w.journal(|j| j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected))?;
+    Ok((Outcome::Finished(journal::Outcome::Rejected), rid))
+}
+
+/// Whether an XML changed so recently that a failure to read it may only
+/// mean it is still being written (a scan may meet one mid-write; any read
+/// within a moment of its last change may too): then it is looked at again.
+fn still_settling(opts: Options, mtime_ns: i64) -> bool {
+    let age = crate::time::Timestamp::now().0 * 1_000_000 - mtime_ns;
+    (opts.from_scan && age < YOUNG_NS) || age < FRESH_NS
 }
 
 /// A content file in the spool, read (and decrypted) from the start on each open.
@@ -425,42 +451,39 @@ fn run(
     };
 
     // 1. metadata
-    let (raw_xml, plain_xml) = match read_metadata(ctx, &root_canon, xml) {
-        Ok((raw, plain, size, mtime)) => {
-            xml.size = size;
-            xml.mtime_ns = mtime;
-            (raw, plain)
-        }
-        Err(OpenOrKey::Open(OpenError::Missing(_))) => return Ok((Outcome::Vanished, None)),
-        Err(OpenOrKey::Open(e)) => {
+    let (f, size, mtime) = match open_metadata(&root_canon, xml) {
+        Ok(v) => v,
+        Err(OpenError::Missing(_)) => return Ok((Outcome::Vanished, None)),
+        Err(e) => {
             err_row(w, None, "unreadable_metadata", format!("{e}"))?;
-            w.journal(|j| {
-                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-            })?;
-            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+            return rejected(w, xml, None);
         }
-        Err(OpenOrKey::TooLarge(n, size, mtime)) => {
-            (xml.size, xml.mtime_ns) = (size, mtime);
-            // Met before (a scan and an event can both bring it): one row only.
-            if w.journal(|j| Ok(j.is_done(&xml.key, size, mtime)))? {
-                return Ok((Outcome::AlreadyDone, None));
-            }
+    };
+    (xml.size, xml.mtime_ns) = (size, mtime);
+    // This version finished before (a scan and an event can both bring it,
+    // and a restart rescans): nothing to do, and no second row.
+    if w.journal(|j| Ok(j.is_done(&xml.key, size, mtime)))? {
+        return Ok((Outcome::AlreadyDone, None));
+    }
+    let (raw_xml, plain_xml) = match read_metadata(ctx, &f, xml, size) {
+        Ok(v) => v,
+        Err(MetadataError::Unreadable(e)) => {
+            err_row(w, None, "unreadable_metadata", format!("{e}"))?;
+            return rejected(w, xml, None);
+        }
+        Err(MetadataError::TooLarge) => {
             err_row(
                 w,
                 None,
                 "bad_metadata",
                 format!(
-                    "metadata XML {} is {n} bytes, over the limit; fix the recorder",
+                    "metadata XML {} is {size} bytes, over the limit; fix the recorder",
                     xml.path.display()
                 ),
             )?;
-            w.journal(|j| {
-                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-            })?;
-            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+            return rejected(w, xml, None);
         }
-        Err(OpenOrKey::NoKey(e, size, mtime)) => {
-            (xml.size, xml.mtime_ns) = (size, mtime);
+        Err(MetadataError::NoKey(e)) => {
             let desc = format!(
                 "no identity for record {}: {e}; add the recorder's age identity to keys_dir",
                 xml.path.display()
@@ -470,14 +493,9 @@ fn run(
             }
             return Ok((Outcome::NeedKey(desc), None));
         }
-        Err(OpenOrKey::Decrypt(e, size, mtime)) => {
-            (xml.size, xml.mtime_ns) = (size, mtime);
-            if w.journal(|j| Ok(j.is_done(&xml.key, size, mtime)))? {
-                return Ok((Outcome::AlreadyDone, None));
-            }
+        Err(MetadataError::Decrypt(e)) => {
             // An encrypted XML still being written does not decrypt yet.
-            let age = crate::time::Timestamp::now().0 * 1_000_000 - mtime;
-            if (opts.from_scan && age < YOUNG_NS) || age < FRESH_NS {
+            if still_settling(opts, mtime) {
                 return Ok((Outcome::Young(e), None));
             }
             err_row(
@@ -486,23 +504,14 @@ fn run(
                 "decrypt_failed",
                 format!("cannot decrypt {}: {e}", xml.path.display()),
             )?;
-            w.journal(|j| {
-                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-            })?;
-            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+            return rejected(w, xml, None);
         }
     };
-    if w.journal(|j| Ok(j.is_done(&xml.key, xml.size, xml.mtime_ns)))? {
-        return Ok((Outcome::AlreadyDone, None));
-    }
 
     let rec = match record::parse(&plain_xml) {
         Ok(r) => r,
         Err(e) => {
-            let age = crate::time::Timestamp::now().0 * 1_000_000 - xml.mtime_ns;
-            // Freshly written (a scan may meet an XML mid-write; any read within
-            // a moment of its last change may too): look again shortly.
-            if (opts.from_scan && age < YOUNG_NS) || age < FRESH_NS {
+            if still_settling(opts, xml.mtime_ns) {
                 return Ok((Outcome::Young(e.to_string()), None));
             }
             err_row(
@@ -514,10 +523,7 @@ fn run(
                     xml.path.display()
                 ),
             )?;
-            w.journal(|j| {
-                j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-            })?;
-            return Ok((Outcome::Finished(journal::Outcome::Rejected), None));
+            return rejected(w, xml, None);
         }
     };
     let rid = Some(rec.id.clone());
@@ -568,10 +574,7 @@ fn run(
                     row.error_desc = e.to_string();
                     w.row(row, &snap.targets()[ti].id)?;
                 }
-                w.journal(|j| {
-                    j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-                })?;
-                return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
+                return rejected(w, xml, rid);
             }
         }
     }
@@ -604,10 +607,7 @@ fn run(
                     "unsafe_path",
                     format!("{e}; the record is refused"),
                 )?;
-                w.journal(|j| {
-                    j.record_done(xml.key, xml.size, xml.mtime_ns, journal::Outcome::Rejected)
-                })?;
-                return Ok((Outcome::Finished(journal::Outcome::Rejected), rid));
+                return rejected(w, xml, rid);
             }
         }
     }
