@@ -167,9 +167,8 @@ impl LocalConfig {
             if rd.read_line(&mut line).map_err(rerr)? == 0 {
                 break;
             }
-            if line.contains("\'\'\'") || line.contains("\"\"\"") {
-                // Multi-line strings: table headers cannot be told from text
-                // line by line; parse the whole file instead.
+            if has_multiline_string(&line) {
+                // Parse the whole file instead.
                 let text = std::fs::read_to_string(path).map_err(rerr)?;
                 let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
                 return Ok((LocalConfig::parse(&text, path)?, hash));
@@ -346,10 +345,6 @@ impl LocalConfig {
     }
 }
 
-/// Cuts every `[[users]]` table out of the TOML text: returns the rest and
-/// the tables (with their 1-based first line). `None` when the text has
-/// multi-line strings (then the split is not attempted and the whole
-/// document is parsed at once). A table ends at the next table header.
 /// The table header on `line` (`[name]` or `[[name]]`, spaces removed), if
 /// the line is one.
 fn table_header(l: &str) -> Option<String> {
@@ -363,8 +358,18 @@ fn table_header(l: &str) -> Option<String> {
     ok.then(|| t.replace(' ', ""))
 }
 
+/// Whether `s` opens or closes a multi-line string: then table headers
+/// cannot be told from lines of text.
+fn has_multiline_string(s: &str) -> bool {
+    s.contains("'''") || s.contains("\"\"\"")
+}
+
+/// Cuts every `[[users]]` table out of the TOML text: returns the rest and
+/// the tables (with their 1-based first line). `None` when the text has
+/// multi-line strings (then the split is not attempted and the whole
+/// document is parsed at once). A table ends at the next table header.
 fn split_users(text: &str) -> Option<(String, Vec<(usize, &str)>)> {
-    if text.contains("'''") || text.contains("\"\"\"") {
+    if has_multiline_string(text) {
         return None;
     }
     let mut rest = String::with_capacity(text.len().min(1 << 16));
