@@ -231,7 +231,14 @@ pub fn run(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, AgentError> 
 /// was compiled from the same source (the accepted bundle's payload, else the
 /// config file's bytes), otherwise compiled afresh. An unchanged model with
 /// 100,000 users is thus neither parsed nor compiled at startup.
-pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, AgentError> {
+///
+/// `config_sha256` is the SHA-256 of the config file as read by
+/// [`LocalConfig::load_head`] (the file is not read again to hash it).
+pub fn snapshot_in_force(
+    cfg_path: &Path,
+    state_dir: &Path,
+    config_sha256: &[u8; 32],
+) -> Result<Snapshot, AgentError> {
     use sha2::Digest;
     let bundle = match BundleState::load(state_dir) {
         Ok(b) => Some(b),
@@ -242,15 +249,7 @@ pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, 
     };
     let source = match bundle.as_ref().and_then(|b| b.current_payload()) {
         Some(p) => format!("bundle:{}", hex::encode(sha2::Sha256::digest(p))),
-        None => {
-            let hash = crate::target::fs::sha256_file(cfg_path).map_err(|source| {
-                AgentError::Config(ConfigError::Read {
-                    path: cfg_path.to_path_buf(),
-                    source,
-                })
-            })?;
-            format!("config:{}", hex::encode(hash))
-        }
+        None => format!("config:{}", hex::encode(config_sha256)),
     };
     if let Ok(s) = Snapshot::open(&state_dir.join("snapshot.bin")) {
         if s.source() == Some(source.as_str()) {
@@ -265,7 +264,11 @@ pub fn snapshot_in_force(cfg_path: &Path, state_dir: &Path) -> Result<Snapshot, 
 }
 
 /// Sets up the shared context from a config.
-pub fn make_ctx(cfg_path: &Path, cfg: &LocalConfig) -> Result<Ctx, AgentError> {
+pub fn make_ctx(
+    cfg_path: &Path,
+    cfg: &LocalConfig,
+    config_sha256: &[u8; 32],
+) -> Result<Ctx, AgentError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(state_err(&cfg.state_dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -274,7 +277,7 @@ pub fn make_ctx(cfg_path: &Path, cfg: &LocalConfig) -> Result<Ctx, AgentError> {
     let jpath = cfg.state_dir.join("journal.log");
     let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
     let audit = AuditLog::open(&cfg.state_dir)?;
-    let snap = snapshot_in_force(cfg_path, &cfg.state_dir)?;
+    let snap = snapshot_in_force(cfg_path, &cfg.state_dir, config_sha256)?;
     let targets = build_targets(&snap)?;
     for t in &targets {
         let n = t.recover();
@@ -309,8 +312,8 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
     use tokio::signal::unix::{SignalKind, signal};
     // The compiled snapshot holds what matching needs: the inline users (up to
     // 100,000) are not parsed here, nor kept. Requests re-read the model.
-    let (cfg, _) = LocalConfig::load_head(cfg_path)?;
-    let ctx = make_ctx(cfg_path, &cfg)?;
+    let (cfg, cfg_sha256) = LocalConfig::load_head(cfg_path)?;
+    let ctx = make_ctx(cfg_path, &cfg, &cfg_sha256)?;
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
         Err(e) => {
@@ -857,13 +860,19 @@ impl Agent {
         }
     }
 
-    fn forget(&mut self, key: PathKey) {
+    /// Drops every wait, retry and failure kept for a record version that
+    /// needs nothing more.
+    fn settle(&mut self, key: PathKey) {
         self.pending_since.remove(&key);
         self.writing_wait.remove(&key);
         self.incomplete.remove(&key);
         self.retry.remove(&key);
         self.blocked.remove(&key);
         self.failures.remove(&key);
+    }
+
+    fn forget(&mut self, key: PathKey) {
+        self.settle(key);
         let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = j.forget(key) {
             error!("journal write failed: {e}");
@@ -927,13 +936,8 @@ impl Agent {
         let prev_attempt = self.attempts.remove(&key);
         match rep.outcome {
             Outcome::Finished(out) => {
-                self.pending_since.remove(&key);
-                self.writing_wait.remove(&key);
+                self.settle(key);
                 self.status.counts.seen += 1;
-                self.incomplete.remove(&key);
-                self.retry.remove(&key);
-                self.blocked.remove(&key);
-                self.failures.remove(&key);
                 match out {
                     journal::Outcome::Exported => self.status.counts.exported += 1,
                     journal::Outcome::Skipped => self.status.counts.skipped += 1,
@@ -1018,13 +1022,7 @@ impl Agent {
                 }
                 self.writing_wait.insert(key, rep.xml.clone());
             }
-            Outcome::AlreadyDone => {
-                self.pending_since.remove(&key);
-                self.incomplete.remove(&key);
-                self.retry.remove(&key);
-                self.blocked.remove(&key);
-                self.failures.remove(&key);
-            }
+            Outcome::AlreadyDone => self.settle(key),
             Outcome::Young(_) => {
                 let attempt = prev_attempt.unwrap_or(0) + 1;
                 let o2 = if attempt >= 3 {
@@ -1129,7 +1127,9 @@ impl Agent {
     /// SIGHUP: re-read exportd.toml; validate, then swap atomically.
     fn reload(&mut self) {
         info!("SIGHUP: reloading {}", self.cfg_path.display());
-        let cfg = match LocalConfig::load(&self.cfg_path) {
+        // The users are parsed (and checked) only if the snapshot must be
+        // compiled again, as at startup.
+        let (cfg, cfg_sha256) = match LocalConfig::load_head(&self.cfg_path) {
             Ok(c) => c,
             Err(e) => {
                 error!("reload refused, the configuration in force stays: {e}");
@@ -1139,7 +1139,7 @@ impl Agent {
         if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
             warn!("spool and state_dir changes take effect after a restart");
         }
-        let snap = match snapshot_in_force(&self.cfg_path, &self.cfg.state_dir) {
+        let snap = match snapshot_in_force(&self.cfg_path, &self.cfg.state_dir, &cfg_sha256) {
             Ok(s) => s,
             Err(e) => {
                 error!("reload refused, the configuration in force stays: {e}");
