@@ -33,38 +33,38 @@ const POOL_MAX: usize = 24;
 static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
 
 /// A copy buffer on loan from [`POOL`].
-struct PoolBuf(Option<Box<[u8]>>);
+struct PoolBuf(Box<[u8]>);
 
 impl PoolBuf {
     fn take() -> PoolBuf {
         let b = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        PoolBuf(Some(b.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())))
+        PoolBuf(b.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice()))
     }
 }
 
 impl std::ops::Deref for PoolBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or(&[])
+        &self.0
     }
 }
 
 impl std::ops::DerefMut for PoolBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or(&mut [])
+        &mut self.0
     }
 }
 
 impl Drop for PoolBuf {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            let mut p = POOL.lock().unwrap_or_else(|p| p.into_inner());
-            if p.len() < POOL_MAX {
-                p.push(b);
-            }
+        let b = std::mem::take(&mut self.0);
+        let mut p = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() < POOL_MAX {
+            p.push(b);
         }
     }
 }
+
 /// Sources at least this large (or of unknown size: decrypted) are copied
 /// by two threads.
 const PIPE_MIN: u64 = 2 << 20;
