@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_appends_share_syncs() {
+    fn concurrent_appends_return_only_when_durable() {
         let g = GroupSync::new();
         let syncs = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
@@ -152,6 +152,9 @@ mod tests {
                             Ok(())
                         })
                         .unwrap();
+                        // Back from the wait means this append is covered by
+                        // a finished sync, whoever ran it.
+                        assert!(g.st.lock().unwrap().synced >= seq);
                     }
                 })
             })
