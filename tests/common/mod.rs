@@ -2,6 +2,8 @@
 //! targets, state), record writers, and the real `exportd` binary.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
