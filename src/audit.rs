@@ -3,10 +3,17 @@
 //! chained to the previous one by SHA-256.
 //!
 //! Row formatting, hashing and verification are pure; [`AuditLog`] is the
-//! appending edge (one `write` + `fdatasync` per row).
+//! appending edge (one `write` per row, `fdatasync` shared by concurrent
+//! rows through [`GroupSync`]). Its doc says which file a row goes to (never
+//! an older one than the newest, whatever the clock says), and what happens
+//! on a failed write, a failed sync and a torn tail.
+//!
+//! Fields a spreadsheet would evaluate (starting with `=`, `+`, `-`, `@`, a
+//! tab or a carriage return) are written with a leading `'` ([`clean_field`]),
+//! before the row is hashed: `audit verify` checks the text as written.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,17 +87,23 @@ pub struct Row {
     pub sha256: String,
 }
 
-/// Replaces `;`, CR and LF by a space so a field never breaks the row.
+/// Replaces `;`, CR and LF by a space so a field never breaks the row, and
+/// neutralises a field a spreadsheet would evaluate as a formula (OWASP's
+/// CSV injection advice): one starting with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return gets a leading `'`.
 pub fn clean_field(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == ';' || c == '\n' || c == '\r' {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        out.push('\'');
+    }
+    out.extend(s.chars().map(|c| {
+        if c == ';' || c == '\n' || c == '\r' {
+            ' '
+        } else {
+            c
+        }
+    }));
+    out
 }
 
 /// Formats the row text up to and including `prev_hash` (what `row_hash` covers).
@@ -184,70 +197,252 @@ pub fn audit_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
     Ok(v)
 }
 
-/// Reads the last line of a file without reading all of it.
-fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
-    let mut back = 4096u64.min(len);
-    loop {
-        f.seek(SeekFrom::Start(len - back)).map_err(io_err(path))?;
-        let mut buf = Vec::with_capacity(back as usize);
-        (&mut f)
-            .take(back)
-            .read_to_end(&mut buf)
-            .map_err(io_err(path))?;
-        let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        if let Some(i) = trimmed.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(
-                String::from_utf8_lossy(&trimmed[i + 1..]).into_owned(),
-            ));
-        }
-        if back == len {
-            return Ok(if trimmed.is_empty() {
-                None
-            } else {
-                Some(String::from_utf8_lossy(trimmed).into_owned())
-            });
-        }
-        back = (back * 4).min(len);
+/// The longest line the tail check and the repair read as one row; a longer
+/// "line" is damage.
+const MAX_LINE: usize = 1 << 20;
+
+/// How much of the newest file's end is checked row by row at open (the
+/// appends a crash can have left unsynced are far fewer).
+const OPEN_SCAN: u64 = 4 << 20;
+
+/// Checks one line (without its `\n`) as a data row: 16 fields, a valid
+/// timestamp and a `row_hash` that is the SHA-256 of the rest. Returns its
+/// `prev_hash` and `row_hash`.
+pub fn check_row(line: &[u8]) -> Option<(&str, &str)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let (body, hash) = line.rsplit_once(';')?;
+    let (_, prev) = body.rsplit_once(';')?;
+    if body.split(';').count() != 15 || hash.len() != 64 || prev.len() != 64 {
+        return None;
+    }
+    let ts = body.split(';').next()?;
+    if Timestamp::parse_recorder(ts).is_err() || sha256_hex(body.as_bytes()) != hash {
+        return None;
+    }
+    Some((prev, hash))
+}
+
+/// The audit file name of the UTC day of `ts`.
+pub fn file_name(ts: Timestamp) -> String {
+    let c = ts.civil();
+    format!("audit-{:04}{:02}{:02}.csv", c.year, c.month, c.day)
+}
+
+/// `Read` at an explicit offset of a shared descriptor (its position is
+/// the appender's).
+struct At<'a> {
+    f: &'a File,
+    pos: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.f.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
+/// The end of an audit file, as the quick check before an append sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Tail {
+    /// Nothing, not even the header (a crash right after creating it).
+    Empty,
+    /// The header and no row.
+    HeaderOnly,
+    /// The last row, complete and verifying; its `row_hash`.
+    Row(String),
+    /// No trailing newline, or a last line that is not a row that verifies.
+    Damaged,
+}
+
+/// Reads the last line of `f` (`len` bytes long) without reading the rest.
+fn tail_of(f: &File, len: u64) -> io::Result<Tail> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(Tail::Empty);
+    }
+    let back = len.min(MAX_LINE as u64 + 1);
+    let mut buf = vec![0u8; back as usize];
+    f.read_exact_at(&mut buf, len - back)?;
+    let Some(body) = buf.strip_suffix(b"\n") else {
+        return Ok(Tail::Damaged);
+    };
+    let (start, line) = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => (len - back + i as u64 + 1, &body[i + 1..]),
+        None if back == len => (0, body),
+        None => return Ok(Tail::Damaged),
+    };
+    if start == 0 {
+        return Ok(if line == HEADER.as_bytes() {
+            Tail::HeaderOnly
+        } else {
+            Tail::Damaged
+        });
+    }
+    Ok(match check_row(line) {
+        Some((_, h)) => Tail::Row(h.to_string()),
+        None => Tail::Damaged,
+    })
+}
+
+/// What a row-by-row check of a file's end found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scan {
+    /// Length of the prefix that checks out (header, rows that verify and
+    /// chain to each other), ending on a newline.
+    good_end: u64,
+    /// The last good row's hash (None: no row in the checked part).
+    last_hash: Option<String>,
+    /// Complete lines after the first bad one that verify on their own.
+    rows_after_bad: usize,
+    /// The bad part holds NUL bytes (blocks a crash left unwritten).
+    nul_in_bad: bool,
+}
+
+/// Checks `f` row by row from `from` (0: from the header; otherwise from
+/// the first line that starts after `from`, whose `prev_hash` is taken as
+/// it is).
+fn scan(f: &File, from: u64) -> io::Result<Scan> {
+    let mut rd = io::BufReader::with_capacity(64 * 1024, At { f, pos: from });
+    let mut raw = Vec::new();
+    let mut off = from;
+    if from > 0 {
+        let n = (&mut rd)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut raw)?;
+        off += n as u64;
+    }
+    let mut s = Scan {
+        good_end: off,
+        ..Scan::default()
+    };
+    let mut first = from == 0;
+    let mut bad = false;
+    loop {
+        raw.clear();
+        let n = (&mut rd)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            break;
+        }
+        let complete = raw.last() == Some(&b'\n');
+        let line = if complete { &raw[..n - 1] } else { &raw[..] };
+        if !bad {
+            let ok = complete
+                && if first {
+                    line == HEADER.as_bytes()
+                } else {
+                    match check_row(line) {
+                        Some((prev, h)) if s.last_hash.as_deref().is_none_or(|l| l == prev) => {
+                            s.last_hash = Some(h.to_string());
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+            if ok {
+                s.good_end = off + n as u64;
+            } else {
+                bad = true;
+            }
+        }
+        if bad {
+            s.nul_in_bad |= raw.contains(&0);
+            // Counts the first bad line too when it verifies on its own but
+            // does not chain (a row before it was removed).
+            if complete && check_row(line).is_some() {
+                s.rows_after_bad += 1;
+            }
+        }
+        first = false;
+        off += n as u64;
+    }
+    Ok(s)
+}
+
 /// The appending side of the audit log.
+///
+/// # Which file a row goes to, and where the chain continues
+///
+/// Rows are appended to the newest audit file (in name order) or to a new
+/// one, never to an older one: a row goes to the file of its UTC day, unless
+/// the clock stepped back behind the newest file's day, in which case it goes
+/// to the newest file (its `ts` stays the clock's reading). So files are
+/// always appended to in name order, the chain runs through the files in
+/// name order (what `audit verify` walks), and the chain's tail is the last
+/// row of the newest file that has rows: it does not depend on the clock.
+/// Before the first row of a new file is written, every row of the previous
+/// file is made durable, so the rows of two days never reach the disk out of
+/// order.
+///
+/// # Failures
+///
+/// - A failed or short write (ENOSPC) is cut off again before the error is
+///   returned (see [`GroupSync::append`]); the caller retries later and the
+///   chain continues from the last row actually in the file.
+/// - A failed `fdatasync` fails every append it covered; before the next
+///   append the file is cut back to its last durable length and opened again
+///   (a new file description), and the chain continues from the last durable
+///   row. A failed row is never left in the file to be written again.
+/// - At open, the last 4 MiB of the newest file are checked row by row (row
+///   hash, chain, trailing newline). A torn or NUL-filled tail (a crash
+///   mid-append) is cut back to the last row that checks out and synced;
+///   the bytes cut off are kept beside it as `audit-YYYYMMDD.csv.damaged-<offset>`.
+///   Rows that verify after a bad line without NUL bytes are not a crash's
+///   doing (a row was changed or removed): the log is left as it is and
+///   opening fails, naming the file and what to do.
+/// - Before each append, the newest file's last line must end with a newline
+///   and verify; otherwise the same repair runs (under the lock).
+///
+/// Other processes (`exportd request submit`) append under the same lock and
+/// continue the chain from the file. Known limit: when a sync of this
+/// process fails, the cut back to its durable length also removes rows
+/// another process appended after its lost rows (they were chained to them).
 pub struct AuditLog {
     dir: PathBuf,
-    last_hash: String,
-    day: Option<(i64, Arc<File>, Arc<GroupSync>)>,
     /// `audit/.lock`: appends from several processes (the daemon and
     /// `exportd request submit`) are serialised, and each re-reads the tail
     /// of the chain under the lock.
     lock: File,
+    cur: Option<Cur>,
 }
 
-/// The `row_hash` of the last row of the chain in `dir` (GENESIS when empty).
-fn chain_tail(dir: &Path) -> Result<String, AuditError> {
-    for f in audit_files(dir)?.iter().rev() {
-        if let Some(line) = last_line(f)? {
-            if line == HEADER {
-                continue;
-            }
-            let h = line.rsplit(';').next().unwrap_or("");
-            if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok(h.to_string());
-            }
-            return Err(AuditError::Tampered {
-                path: f.clone(),
-                line: 0,
-                why: "the last row has no valid row_hash (torn write?); run `exportd audit verify`"
-                    .into(),
-            });
-        }
+/// The file rows are appended to.
+struct Cur {
+    name: String,
+    path: PathBuf,
+    file: Arc<File>,
+    group: Arc<GroupSync>,
+    /// The file's length after this process's last append or check.
+    end: u64,
+    /// The chain's tail when the file was `end` bytes long.
+    last_hash: String,
+}
+
+fn open_append(path: &Path, create_new: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if create_new {
+        o.create_new(true).mode(0o640);
     }
-    Ok(GENESIS.to_string())
+    o.open(path)
+}
+
+fn file_name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl AuditLog {
-    /// Opens `<state_dir>/audit`, picking up the chain where it ends.
+    /// Opens `<state_dir>/audit`, checks and repairs the newest file's tail
+    /// (see the type's doc) and picks up the chain where it ends.
     pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
         let dir = state_dir.join("audit");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -258,18 +453,40 @@ impl AuditLog {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        let last_hash = chain_tail(&dir)?;
-        Ok(AuditLog {
+        let mut log = AuditLog {
             dir,
-            last_hash,
-            day: None,
             lock,
-        })
+            cur: None,
+        };
+        log.locked(|log| {
+            let files = audit_files(&log.dir)?;
+            if let Some(newest) = files.last() {
+                let name = file_name_of(newest);
+                log.check_file(&files, &name, true)?;
+            }
+            Ok(())
+        })?;
+        Ok(log)
     }
 
     /// The folder holding the audit files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn locked<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            AuditError::Io {
+                path: self.dir.join(".lock"),
+                source: e.into(),
+            }
+        })?;
+        let r = f(self);
+        let _ = rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::Unlock);
+        r
     }
 
     /// Appends one row stamped now and makes it durable.
@@ -280,8 +497,9 @@ impl AuditLog {
     /// Appends one row with the given timestamp and makes it durable.
     pub fn append_at(&mut self, ts: Timestamp, row: &Row) -> Result<String, AuditError> {
         let (hash, pending) = self.append_deferred(ts, row)?;
+        let path = self.cur.as_ref().map(|c| c.path.clone());
         pending.wait().map_err(|source| AuditError::Io {
-            path: self.dir.clone(),
+            path: path.unwrap_or_else(|| self.dir.clone()),
             source,
         })?;
         Ok(hash)
@@ -289,61 +507,236 @@ impl AuditLog {
 
     /// Appends one row (written, chained) and returns its hash and the
     /// fdatasync to wait on before relying on it; the wait can be done
-    /// outside any lock, so concurrent appends share one sync.
+    /// outside any lock, so concurrent appends share one sync. A failed wait
+    /// means the row is not in the log (it is cut off before the next
+    /// append): write it again.
     pub fn append_deferred(
         &mut self,
         ts: Timestamp,
         row: &Row,
     ) -> Result<(String, Pending), AuditError> {
-        rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            AuditError::Io {
-                path: self.dir.join(".lock"),
-                source: e.into(),
+        self.locked(|log| log.append_locked(ts, row))
+    }
+
+    /// The chain's tail before file `files[idx]`: the last row of the newest
+    /// earlier file that has rows (GENESIS when none).
+    fn tail_before(files: &[PathBuf], idx: usize) -> Result<String, AuditError> {
+        for p in files[..idx].iter().rev() {
+            let f = File::open(p).map_err(io_err(p))?;
+            let len = f.metadata().map_err(io_err(p))?.len();
+            match tail_of(&f, len).map_err(io_err(p))? {
+                Tail::Row(h) => return Ok(h),
+                Tail::HeaderOnly => continue,
+                Tail::Empty | Tail::Damaged => {
+                    return Err(AuditError::Tampered {
+                        path: p.clone(),
+                        line: 0,
+                        why: "an earlier audit file does not end in a complete row that verifies; it is not repaired automatically: run `exportd audit verify` and restore the file".into(),
+                    });
+                }
             }
-        })?;
-        let r = self.append_locked(ts, row);
-        let _ = rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::Unlock);
-        r
+        }
+        Ok(GENESIS.to_string())
+    }
+
+    /// Makes `name` (the newest file) the current file: opens it if needed,
+    /// checks its tail (row by row over the last [`OPEN_SCAN`] bytes when
+    /// `deep`), repairs a torn one, and learns the chain's tail.
+    fn check_file(&mut self, files: &[PathBuf], name: &str, deep: bool) -> Result<(), AuditError> {
+        let path = self.dir.join(name);
+        let reuse = self.cur.as_ref().is_some_and(|c| c.name == name);
+        let (mut file, mut group) = match self.cur.take() {
+            Some(c) if reuse => (c.file, c.group),
+            _ => (
+                Arc::new(open_append(&path, false).map_err(io_err(&path))?),
+                GroupSync::new(),
+            ),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let mut tail = tail_of(&file, len).map_err(io_err(&path))?;
+        if deep || tail == Tail::Damaged || tail == Tail::Empty {
+            let s = scan(&file, len.saturating_sub(OPEN_SCAN)).map_err(io_err(&path))?;
+            if s.good_end < len || tail == Tail::Empty {
+                self.repair(&path, &file, len, &s)?;
+                // A new description and tracker for the cut file.
+                file = Arc::new(open_append(&path, false).map_err(io_err(&path))?);
+                group = GroupSync::new();
+                let len = file.metadata().map_err(io_err(&path))?.len();
+                tail = tail_of(&file, len).map_err(io_err(&path))?;
+            }
+        }
+        let idx = files
+            .iter()
+            .position(|p| file_name_of(p) == name)
+            .unwrap_or(files.len());
+        let last_hash = match tail {
+            Tail::Row(h) => h,
+            Tail::HeaderOnly => Self::tail_before(files, idx)?,
+            Tail::Empty | Tail::Damaged => {
+                return Err(AuditError::Tampered {
+                    path,
+                    line: 0,
+                    why: "the file's end could not be repaired".into(),
+                });
+            }
+        };
+        let end = file.metadata().map_err(io_err(&path))?.len();
+        self.cur = Some(Cur {
+            name: name.to_string(),
+            path,
+            file,
+            group,
+            end,
+            last_hash,
+        });
+        Ok(())
+    }
+
+    /// Cuts a damaged tail (see the type's doc), keeping the cut bytes
+    /// beside the file, then syncs.
+    fn repair(&self, path: &Path, file: &File, len: u64, s: &Scan) -> Result<(), AuditError> {
+        if s.rows_after_bad > 0 && !s.nul_in_bad {
+            return Err(AuditError::Tampered {
+                path: path.to_path_buf(),
+                line: 0,
+                why: format!(
+                    "byte {}: a line that does not verify is followed by {} row(s) that do: not a torn tail but a changed or removed row; the log was left as it is. Run `exportd audit verify` for the line, keep the file as evidence, and restore it from a copy before starting again",
+                    s.good_end, s.rows_after_bad
+                ),
+            });
+        }
+        if len > s.good_end {
+            let aside =
+                path.with_file_name(format!("{}.damaged-{}", file_name_of(path), s.good_end));
+            let mut out = File::create(&aside).map_err(io_err(&aside))?;
+            io::copy(
+                &mut At {
+                    f: file,
+                    pos: s.good_end,
+                }
+                .take(len - s.good_end),
+                &mut out,
+            )
+            .and_then(|_| out.sync_all())
+            .map_err(io_err(&aside))?;
+            tracing::warn!(
+                "audit log {}: cut a damaged tail of {} bytes after byte {} (a crash or a full disk mid-append{}); the bytes are kept in {}",
+                path.display(),
+                len - s.good_end,
+                s.good_end,
+                if s.rows_after_bad > 0 {
+                    format!(
+                        ", with {} unsynced row(s) behind a block the crash left unwritten",
+                        s.rows_after_bad
+                    )
+                } else {
+                    String::new()
+                },
+                aside.display()
+            );
+        }
+        let fix = || -> io::Result<()> {
+            file.set_len(s.good_end)?;
+            if s.good_end == 0 {
+                (&*file).write_all(format!("{HEADER}\n").as_bytes())?;
+            }
+            file.sync_all()
+        };
+        fix().map_err(io_err(path))?;
+        crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 
     fn append_locked(&mut self, ts: Timestamp, row: &Row) -> Result<(String, Pending), AuditError> {
-        self.last_hash = chain_tail(&self.dir)?;
-        let day = ts.day_number();
-        if self.day.as_ref().map(|d| d.0) != Some(day) {
-            let c = ts.civil();
-            let path = self
-                .dir
-                .join(format!("audit-{:04}{:02}{:02}.csv", c.year, c.month, c.day));
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            if f.metadata().map_err(io_err(&path))?.len() == 0 {
-                f.write_all(format!("{HEADER}\n").as_bytes())
-                    .map_err(io_err(&path))?;
-                crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        // A failed sync: cut back to the durable length and open the file
+        // again before anything else is written.
+        if let Some(c) = &self.cur {
+            if let Some(why) = c.group.poisoned() {
+                c.group.repair(&c.file).map_err(io_err(&c.path))?;
+                tracing::warn!(
+                    "audit log {}: cut back to its last durable length after a failed fdatasync ({why})",
+                    c.path.display()
+                );
+                self.cur = None;
             }
-            self.day = Some((day, Arc::new(f), GroupSync::new()));
         }
-        let body = row_body(ts, row, &self.last_hash);
-        let hash = sha256_hex(body.as_bytes());
-        let line = format!("{body};{hash}\n");
-        let Some((_, f, g)) = self.day.as_ref() else {
+        let files = audit_files(&self.dir)?;
+        let want = file_name(ts);
+        let newest = files.last().map(|p| file_name_of(p));
+        match newest {
+            Some(n) if n >= want => {
+                let fresh = self.cur.as_ref().is_some_and(|c| {
+                    c.name == n && c.file.metadata().is_ok_and(|m| m.len() == c.end)
+                });
+                if !fresh {
+                    self.check_file(&files, &n, false)?;
+                }
+            }
+            _ => self.start_file(&files, &want)?,
+        }
+        let Some(cur) = self.cur.as_mut() else {
             return Err(AuditError::Io {
                 path: self.dir.clone(),
-                source: std::io::Error::other("no audit file open"),
+                source: io::Error::other("no audit file open"),
             });
         };
-        (&**f)
-            .write_all(line.as_bytes())
-            .map_err(|source| AuditError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-        let pending = Pending::new(f.clone(), g.clone(), g.note_written());
-        self.last_hash = hash.clone();
+        let body = row_body(ts, row, &cur.last_hash);
+        let hash = sha256_hex(body.as_bytes());
+        let line = format!("{body};{hash}\n");
+        let pending = cur
+            .group
+            .append(&cur.file, line.as_bytes())
+            .map_err(io_err(&cur.path))?;
+        cur.end = cur.file.metadata().map_err(io_err(&cur.path))?.len();
+        cur.last_hash = hash.clone();
         Ok((hash, pending))
+    }
+
+    /// Starts the file `name` (newer than every existing one): the previous
+    /// newest file's rows are made durable first, then the new file gets
+    /// its header and its folder entry is synced.
+    fn start_file(&mut self, files: &[PathBuf], name: &str) -> Result<(), AuditError> {
+        let prev = match files.last() {
+            Some(p) => {
+                let pname = file_name_of(p);
+                let fresh = self.cur.as_ref().is_some_and(|c| {
+                    c.name == pname && c.file.metadata().is_ok_and(|m| m.len() == c.end)
+                });
+                if !fresh {
+                    self.check_file(files, &pname, false)?;
+                }
+                let Some(c) = self.cur.as_ref() else {
+                    return Err(AuditError::Io {
+                        path: p.clone(),
+                        source: io::Error::other("no audit file open"),
+                    });
+                };
+                // Rows of the old day (also those other processes
+                // appended) are durable before any row of the new one.
+                c.group.flush(&c.file).map_err(io_err(&c.path))?;
+                c.last_hash.clone()
+            }
+            None => GENESIS.to_string(),
+        };
+        let path = self.dir.join(name);
+        let file = open_append(&path, true).map_err(io_err(&path))?;
+        let header = format!("{HEADER}\n");
+        if let Err(e) = (&file)
+            .write_all(header.as_bytes())
+            .and_then(|()| file.sync_all())
+        {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path)(e));
+        }
+        crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.cur = Some(Cur {
+            name: name.to_string(),
+            path,
+            file: Arc::new(file),
+            group: GroupSync::new(),
+            end: header.len() as u64,
+            last_hash: prev,
+        });
+        Ok(())
     }
 }
 
@@ -493,6 +886,268 @@ mod tests {
             Err(AuditError::Tampered { line: 2, .. })
         ));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_recorder(s).unwrap()
+    }
+
+    fn file(d: &Path, day: &str) -> PathBuf {
+        d.join(format!("audit/audit-{day}.csv"))
+    }
+
+    fn ids(d: &Path) -> Vec<String> {
+        let mut v = Vec::new();
+        for p in audit_files(&d.join("audit")).unwrap() {
+            for l in fs::read_to_string(&p).unwrap().lines().skip(1) {
+                v.push(l.split(';').nth(1).unwrap().to_string());
+            }
+        }
+        v
+    }
+
+    fn append_bytes(p: &Path, b: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(p).unwrap();
+        f.write_all(b).unwrap();
+    }
+
+    #[test]
+    fn a_torn_row_is_cut_at_open_and_kept_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(t, &row("a")).unwrap();
+        log.append_at(t, &row("b")).unwrap();
+        drop(log);
+        let f = file(d.path(), "20261121");
+        let good = fs::read(&f).unwrap();
+        // A crash (or ENOSPC) mid-append: half a row, no newline.
+        append_bytes(&f, b"2026.11.21 10:00:01.000;c;n 1 x;2;10;;;");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), good, "cut back to the last good row");
+        let aside = d
+            .path()
+            .join(format!("audit/audit-20261121.csv.damaged-{}", good.len()));
+        assert_eq!(
+            fs::read(&aside).unwrap(),
+            b"2026.11.21 10:00:01.000;c;n 1 x;2;10;;;"
+        );
+        log.append_at(t, &row("c")).unwrap();
+        assert_eq!(verify(d.path()).unwrap().rows, 3);
+        assert_eq!(ids(d.path()), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(t, &row("a")).unwrap();
+        drop(log);
+        let f = file(d.path(), "20261121");
+        let good = fs::read(&f).unwrap();
+        // The size reached the disk, the data blocks did not.
+        append_bytes(&f, &[0u8; 5000]);
+        let mut log = AuditLog::open(d.path()).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), good);
+        log.append_at(t, &row("b")).unwrap();
+        assert_eq!(verify(d.path()).unwrap().rows, 2);
+    }
+
+    #[test]
+    fn unsynced_rows_behind_a_lost_block_are_cut_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            log.append_at(t, &row(id)).unwrap();
+        }
+        drop(log);
+        // Power cut with c and d unsynced: c's block never written (NULs),
+        // d's block was.
+        let f = file(d.path(), "20261121");
+        let text = fs::read_to_string(&f).unwrap();
+        let c_at = text.find("\n2026.11.21 10:00:00.000;c;").unwrap() + 1;
+        let c_end = c_at + text[c_at..].find('\n').unwrap() + 1;
+        let mut b = text.clone().into_bytes();
+        b[c_at..c_end - 1].fill(0);
+        fs::write(&f, &b).unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), &text.as_bytes()[..c_at]);
+        log.append_at(t, &row("e")).unwrap();
+        verify(d.path()).unwrap();
+        assert_eq!(ids(d.path()), ["a", "b", "e"]);
+    }
+
+    #[test]
+    fn a_changed_row_followed_by_good_rows_is_not_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        for id in ["a", "b", "c"] {
+            log.append_at(t, &row(id)).unwrap();
+        }
+        drop(log);
+        let f = file(d.path(), "20261121");
+        let text = fs::read_to_string(&f).unwrap();
+        let changed = text.replace(";b;", ";B;");
+        fs::write(&f, &changed).unwrap();
+        match AuditLog::open(d.path()) {
+            Err(AuditError::Tampered { why, .. }) => {
+                assert!(why.contains("left as it is"), "{why}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a changed row must not be repaired away"),
+        }
+        assert_eq!(
+            fs::read_to_string(&f).unwrap(),
+            changed,
+            "evidence untouched"
+        );
+        // A removed row (the chain breaks, every row verifies on its own).
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        fs::write(&f, lines.join("\n") + "\n").unwrap();
+        assert!(matches!(
+            AuditLog::open(d.path()),
+            Err(AuditError::Tampered { .. })
+        ));
+    }
+
+    #[test]
+    fn a_torn_header_is_written_again() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(ts("2026.11.21 10:00:00.000"), &row("a"))
+            .unwrap();
+        drop(log);
+        // The next day's file was created, its header torn.
+        fs::write(file(d.path(), "20261122"), &HEADER.as_bytes()[..20]).unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(d.path(), "20261122")).unwrap(),
+            format!("{HEADER}\n")
+        );
+        log.append_at(ts("2026.11.22 10:00:00.000"), &row("b"))
+            .unwrap();
+        // An empty file (crash between create and header) the same.
+        fs::write(file(d.path(), "20261123"), b"").unwrap();
+        drop(log);
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(ts("2026.11.23 10:00:00.000"), &row("c"))
+            .unwrap();
+        let rep = verify(d.path()).unwrap();
+        assert_eq!((rep.files, rep.rows), (3, 3));
+    }
+
+    #[test]
+    fn a_failed_sync_is_cut_off_and_the_chain_continues_from_the_durable_row() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(t, &row("a")).unwrap();
+        let (_, pb) = log.append_deferred(t, &row("b")).unwrap();
+        let (_, pc) = log.append_deferred(t, &row("c")).unwrap();
+        assert!(pb.wait_with(|_| Err(io::Error::other("EIO"))).is_err());
+        // c was covered by the failed sync: never durable.
+        assert!(pc.wait().is_err());
+        // The next append cuts b and c off and chains to a.
+        log.append_at(t, &row("d")).unwrap();
+        assert_eq!(ids(d.path()), ["a", "d"]);
+        verify(d.path()).unwrap();
+        // b and c are written again by their callers: once each.
+        log.append_at(t, &row("b")).unwrap();
+        log.append_at(t, &row("c")).unwrap();
+        assert_eq!(ids(d.path()), ["a", "d", "b", "c"]);
+        assert_eq!(verify(d.path()).unwrap().rows, 4);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_keeps_appending_to_the_newest_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(ts("2026.11.22 00:00:05.000"), &row("a"))
+            .unwrap();
+        // NTP steps the clock back across midnight; the RTC of a board
+        // without battery restarts in 2020.
+        log.append_at(ts("2026.11.21 23:59:58.000"), &row("b"))
+            .unwrap();
+        drop(log);
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(ts("2020.01.01 00:00:03.000"), &row("c"))
+            .unwrap();
+        assert!(!file(d.path(), "20261121").exists());
+        assert!(!file(d.path(), "20200101").exists());
+        // The clock comes back: a new file, chained to the newest.
+        log.append_at(ts("2026.11.23 00:00:01.000"), &row("d"))
+            .unwrap();
+        let rep = verify(d.path()).unwrap();
+        assert_eq!((rep.files, rep.rows), (2, 4));
+        assert_eq!(ids(d.path()), ["a", "b", "c", "d"]);
+        let t22 = fs::read_to_string(file(d.path(), "20261122")).unwrap();
+        assert!(t22.contains("\n2026.11.21 23:59:58.000;b;"), "{t22}");
+    }
+
+    #[test]
+    fn the_old_day_is_durable_before_the_new_day_gets_a_row() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        let (_, p1) = log
+            .append_deferred(ts("2026.11.21 23:59:59.990"), &row("a"))
+            .unwrap();
+        assert!(!p1.is_durable());
+        let (_, p2) = log
+            .append_deferred(ts("2026.11.22 00:00:00.010"), &row("b"))
+            .unwrap();
+        assert!(p1.is_durable(), "the old day's row was synced first");
+        p1.wait().unwrap();
+        p2.wait().unwrap();
+        verify(d.path()).unwrap();
+    }
+
+    #[test]
+    fn another_process_rows_are_chained_to() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut a = AuditLog::open(d.path()).unwrap();
+        let mut b = AuditLog::open(d.path()).unwrap();
+        a.append_at(t, &row("a1")).unwrap();
+        b.append_at(t, &row("b1")).unwrap();
+        a.append_at(t, &row("a2")).unwrap();
+        b.append_at(ts("2026.11.22 10:00:00.000"), &row("b2"))
+            .unwrap();
+        a.append_at(t, &row("a3")).unwrap();
+        assert_eq!(verify(d.path()).unwrap().rows, 5);
+        assert_eq!(ids(d.path()), ["a1", "b1", "a2", "b2", "a3"]);
+    }
+
+    #[test]
+    fn formula_fields_are_neutralised_and_still_verify() {
+        for (raw, want) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\r=1", "' =1"),
+            ("rec-1", "rec-1"),
+            ("/spool/a", "/spool/a"),
+            ("", ""),
+        ] {
+            assert_eq!(clean_field(raw), want, "{raw:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        let mut r = row("=cmd|' /C calc'!A0");
+        r.policy_name = "-policy".into();
+        r.error_desc = "@x".into();
+        log.append_at(ts("2026.11.21 10:00:00.000"), &r).unwrap();
+        verify(d.path()).unwrap();
+        let text = fs::read_to_string(file(d.path(), "20261121")).unwrap();
+        let f: Vec<&str> = text.lines().nth(1).unwrap().split(';').collect();
+        assert_eq!(f[1], "'=cmd|' /C calc'!A0");
+        assert_eq!(f[7], "'-policy");
+        assert_eq!(f[12], "'@x");
     }
 
     #[test]

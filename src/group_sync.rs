@@ -175,12 +175,21 @@ impl GroupSync {
         s.synced_len
     }
 
-    /// Waits until every append counted so far is durable (running the sync
-    /// on `file` if needed). Used before anything that must come after them
-    /// on disk (the first row of the next day's file).
+    /// Makes everything in `file` durable now, whoever wrote it: a sync
+    /// that starts after this call (a failure poisons the file as any other).
+    /// Call under the owner's lock, before anything that must come after the
+    /// file's content on disk (the first row of the next day's file).
     pub fn flush(&self, file: &File) -> io::Result<()> {
         let ep = self.epoch();
-        let seq = lock(&ep.st).written;
+        let seq = {
+            let mut s = lock(&ep.st);
+            if let Some(f) = &s.failed {
+                return Err(poisoned_err(f));
+            }
+            // An empty append: the sync that covers it starts after now.
+            s.written += 1;
+            s.written
+        };
         ep.wait_durable(seq, || file.sync_data())
     }
 
@@ -211,7 +220,10 @@ impl GroupSync {
                 ),
             ));
         };
-        file.set_len(len)?;
+        // Never extend: someone else may have cut the file already.
+        if file.metadata()?.len() > len {
+            file.set_len(len)?;
+        }
         file.sync_all()?;
         *cur = Arc::new(Epoch {
             st: Mutex::new(St {
@@ -304,8 +316,14 @@ impl Pending {
         self.epoch.wait_durable(self.seq, || f.sync_data())
     }
 
+    /// Whether a finished sync already covers this append (no waiting).
+    pub fn is_durable(&self) -> bool {
+        lock(&self.epoch.st).synced >= self.seq
+    }
+
+    /// [`Pending::wait`] with the sync replaced (tests inject failures).
     #[cfg(test)]
-    fn wait_with(self, sync: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn wait_with(self, sync: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
         let f = self.file;
         self.epoch.wait_durable(self.seq, || sync(&f))
     }
