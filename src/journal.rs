@@ -204,9 +204,8 @@ impl JournalStore for FileStore {
     }
     fn append_deferred(&mut self, bytes: &[u8]) -> io::Result<Option<Pending>> {
         let (f, g) = self.file()?;
-        (&**f).write_all(bytes)?;
-        let seq = g.note_written();
-        Ok(Some(Pending::new(f.clone(), g.clone(), seq)))
+        // Cuts a failed/short write off, repairs after a failed sync.
+        Ok(Some(g.append(f, bytes)?))
     }
     fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.path.with_extension("log.tmp");
