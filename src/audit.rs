@@ -560,8 +560,8 @@ impl AuditLog {
                 self.repair(&path, &file, len, &s)?;
                 // A new description and tracker for the cut file.
                 file = Arc::new(open_append(&path, false).map_err(io_err(&path))?);
-                group = GroupSync::new();
                 let len = file.metadata().map_err(io_err(&path))?.len();
+                group = GroupSync::with_len(len);
                 tail = tail_of(&file, len).map_err(io_err(&path))?;
             }
         }
@@ -732,7 +732,7 @@ impl AuditLog {
             name: name.to_string(),
             path,
             file: Arc::new(file),
-            group: GroupSync::new(),
+            group: GroupSync::with_len(header.len() as u64),
             end: header.len() as u64,
             last_hash: prev,
         });

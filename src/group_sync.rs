@@ -135,6 +135,21 @@ impl GroupSync {
         Arc::new(GroupSync::default())
     }
 
+    /// A tracker for a file whose first `len` bytes are known durable
+    /// (just written and synced by the caller).
+    pub fn with_len(len: u64) -> Arc<GroupSync> {
+        Arc::new(GroupSync {
+            cur: Mutex::new(Arc::new(Epoch {
+                st: Mutex::new(St {
+                    len: Some(len),
+                    synced_len: Some(len),
+                    ..St::default()
+                }),
+                cv: Condvar::new(),
+            })),
+        })
+    }
+
     fn epoch(&self) -> Arc<Epoch> {
         lock(&self.cur).clone()
     }
