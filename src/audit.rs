@@ -190,6 +190,18 @@ pub fn audit_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
         let name = e.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("audit-") && name.ends_with(".csv") && name.len() == 18 {
+            // Not followed, not opened: a link, FIFO or folder under an
+            // audit file's name would make the log unreadable (or hang it).
+            let ft = e.file_type().map_err(io_err(&e.path()))?;
+            if !ft.is_file() {
+                return Err(AuditError::Io {
+                    path: e.path(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "not a regular file (a symlink, FIFO or folder under an audit file's name); move it away",
+                    ),
+                });
+            }
             v.push(e.path());
         }
     }
@@ -434,6 +446,32 @@ fn open_append(path: &Path, create_new: bool) -> io::Result<File> {
     o.open(path)
 }
 
+/// Creates the file keeping a cut-off tail: never through a link, never
+/// over an earlier one (`-1`, `-2`, ... when the name is taken).
+fn create_aside(want: &Path) -> Result<(PathBuf, File), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut p = want.to_path_buf();
+    for n in 1..=100 {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+        {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                p = want.with_file_name(format!("{}-{n}", file_name_of(want)));
+            }
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+    }
+    Err(io_err(want)(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "100 earlier copies of cut-off tails are in the way; move them away",
+    )))
+}
+
 fn file_name_of(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -444,13 +482,19 @@ impl AuditLog {
     /// Opens `<state_dir>/audit`, checks and repairs the newest file's tail
     /// (see the type's doc) and picks up the chain where it ends.
     pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = state_dir.join("audit");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            // The folder's own entry, so its files cannot vanish with it.
+            crate::target::fs::sync_dir(state_dir).map_err(io_err(state_dir))?;
+        }
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         let mut log = AuditLog {
@@ -547,10 +591,14 @@ impl AuditLog {
         let reuse = self.cur.as_ref().is_some_and(|c| c.name == name);
         let (mut file, mut group) = match self.cur.take() {
             Some(c) if reuse => (c.file, c.group),
-            _ => (
-                Arc::new(open_append(&path, false).map_err(io_err(&path))?),
-                GroupSync::new(),
-            ),
+            _ => {
+                let f = open_append(&path, false).map_err(io_err(&path))?;
+                // What is in it now is made durable before it is counted so:
+                // the repair after a failed sync cuts back to this length.
+                f.sync_data().map_err(io_err(&path))?;
+                let len = f.metadata().map_err(io_err(&path))?.len();
+                (Arc::new(f), GroupSync::with_len(len))
+            }
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
         let mut tail = tail_of(&file, len).map_err(io_err(&path))?;
@@ -608,7 +656,7 @@ impl AuditLog {
         if len > s.good_end {
             let aside =
                 path.with_file_name(format!("{}.damaged-{}", file_name_of(path), s.good_end));
-            let mut out = File::create(&aside).map_err(io_err(&aside))?;
+            let (aside, mut out) = create_aside(&aside)?;
             io::copy(
                 &mut At {
                     f: file,
@@ -635,6 +683,8 @@ impl AuditLog {
                 aside.display()
             );
         }
+        // The kept bytes' folder entry before the cut.
+        crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         let fix = || -> io::Result<()> {
             file.set_len(s.good_end)?;
             if s.good_end == 0 {
@@ -642,8 +692,7 @@ impl AuditLog {
             }
             file.sync_all()
         };
-        fix().map_err(io_err(path))?;
-        crate::target::fs::sync_dir(&self.dir).map_err(io_err(&self.dir))
+        fix().map_err(io_err(path))
     }
 
     fn append_locked(&mut self, ts: Timestamp, row: &Row) -> Result<(String, Pending), AuditError> {
@@ -686,7 +735,9 @@ impl AuditLog {
             .group
             .append(&cur.file, line.as_bytes())
             .map_err(io_err(&cur.path))?;
-        cur.end = cur.file.metadata().map_err(io_err(&cur.path))?.len();
+        // The row is written: an error from here on would have it written
+        // twice. An unknown length only makes the next append check the tail.
+        cur.end = cur.file.metadata().map_or(u64::MAX, |m| m.len());
         cur.last_hash = hash.clone();
         Ok((hash, pending))
     }
@@ -766,7 +817,10 @@ pub fn verify(state_dir: &Path) -> Result<VerifyReport, AuditError> {
         let mut lineno = 0;
         loop {
             raw.clear();
-            let n = rd.read_until(b'\n', &mut raw).map_err(io_err(path))?;
+            let n = (&mut rd)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut raw)
+                .map_err(io_err(path))?;
             if n == 0 {
                 break;
             }
@@ -1148,6 +1202,53 @@ mod tests {
         assert_eq!(f[1], "'=cmd|' /C calc'!A0");
         assert_eq!(f[7], "'-policy");
         assert_eq!(f[12], "'@x");
+    }
+
+    #[test]
+    fn a_fifo_or_link_under_an_audit_name_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(ts("2026.11.21 10:00:00.000"), &row("a"))
+            .unwrap();
+        drop(log);
+        let fifo = file(d.path(), "20261122");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = AuditLog::open(d.path()).err().expect("a FIFO is refused");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(verify(d.path()).is_err());
+        fs::remove_file(&fifo).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &fifo).unwrap();
+        assert!(AuditLog::open(d.path()).is_err());
+        assert!(verify(d.path()).is_err());
+    }
+
+    #[test]
+    fn a_second_repair_keeps_the_first_cut_off_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ts("2026.11.21 10:00:00.000");
+        let mut log = AuditLog::open(d.path()).unwrap();
+        log.append_at(t, &row("a")).unwrap();
+        drop(log);
+        let f = file(d.path(), "20261121");
+        let good = fs::read(&f).unwrap().len();
+        append_bytes(&f, b"torn one");
+        drop(AuditLog::open(d.path()).unwrap());
+        append_bytes(&f, b"torn two");
+        drop(AuditLog::open(d.path()).unwrap());
+        let base = d
+            .path()
+            .join(format!("audit/audit-20261121.csv.damaged-{good}"));
+        assert_eq!(fs::read(&base).unwrap(), b"torn one");
+        let second = base.with_file_name(format!("audit-20261121.csv.damaged-{good}-1"));
+        assert_eq!(fs::read(second).unwrap(), b"torn two");
+        verify(d.path()).unwrap();
     }
 
     #[test]

@@ -265,8 +265,16 @@ impl GroupSync {
         let known = lock(&ep.st).len;
         if known.is_none() {
             // What is in the file already (written before this tracker or by
-            // `note_written` callers) must be durable before it is counted so.
-            file.sync_data()?;
+            // `note_written` callers) must be durable before it is counted
+            // so. If that fails, a second try would find nothing to report:
+            // poisoned, and with no known durable length, for good.
+            if let Err(e) = file.sync_data() {
+                let mut s = lock(&ep.st);
+                if s.failed.is_none() {
+                    s.failed = Some((e.kind(), e.to_string()));
+                }
+                return Err(e);
+            }
         }
         let before = file.metadata()?.len();
         if known.is_none() {
