@@ -731,9 +731,12 @@ impl AuditLog {
         let body = row_body(ts, row, &cur.last_hash);
         let hash = sha256_hex(body.as_bytes());
         let line = format!("{body};{hash}\n");
+        // Written only if the file is still what the row was chained to (a
+        // sync that failed since the check above makes this fail: the next
+        // append repairs first).
         let pending = cur
             .group
-            .append(&cur.file, line.as_bytes())
+            .append_exact(&cur.file, line.as_bytes(), cur.end)
             .map_err(io_err(&cur.path))?;
         // The row is written: an error from here on would have it written
         // twice. An unknown length only makes the next append check the tail.

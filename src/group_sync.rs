@@ -255,14 +255,44 @@ impl GroupSync {
     /// owner's lock, which every writer of the file must hold) and returns
     /// the append to wait on.
     ///
-    /// First repairs the file if a sync failed ([`GroupSync::repair`]). A
+    /// First repairs the file if a sync failed ([`GroupSync::repair`]), for
+    /// records that do not depend on what is before them (journal frames). A
     /// failed or short write is undone (the file is cut back to its length
     /// before it, and synced) and returned as an error; if the undo fails the
     /// file is poisoned.
     pub fn append(&self, file: &Arc<File>, bytes: &[u8]) -> io::Result<Pending> {
         self.repair(file)?;
+        self.append_inner(file, bytes, None)
+    }
+
+    /// Like [`GroupSync::append`] for a record built on the file's content
+    /// (a hash chain): never repairs (a cut would remove what `bytes` was
+    /// chained to) and writes nothing unless the file is `expect_len` bytes
+    /// long and not poisoned; the caller repairs, reads the tail again and
+    /// builds its record anew.
+    pub fn append_exact(
+        &self,
+        file: &Arc<File>,
+        bytes: &[u8],
+        expect_len: u64,
+    ) -> io::Result<Pending> {
+        self.append_inner(file, bytes, Some(expect_len))
+    }
+
+    fn append_inner(
+        &self,
+        file: &Arc<File>,
+        bytes: &[u8],
+        expect_len: Option<u64>,
+    ) -> io::Result<Pending> {
         let ep = self.epoch();
-        let known = lock(&ep.st).len;
+        let known = {
+            let s = lock(&ep.st);
+            if let Some(f) = &s.failed {
+                return Err(poisoned_err(f));
+            }
+            s.len
+        };
         if known.is_none() {
             // What is in the file already (written before this tracker or by
             // `note_written` callers) must be durable before it is counted
@@ -277,6 +307,12 @@ impl GroupSync {
             }
         }
         let before = file.metadata()?.len();
+        if expect_len.is_some_and(|l| l != before) {
+            return Err(io::Error::other(format!(
+                "the file is {before} bytes long, not the {} the record was built on; not written",
+                expect_len.unwrap_or_default()
+            )));
+        }
         if known.is_none() {
             let mut s = lock(&ep.st);
             s.len = Some(before);
@@ -532,6 +568,26 @@ mod tests {
         // p2's bytes were cut off: its wait must fail although a later sync
         // of the same file succeeded.
         assert!(p2.wait().is_err());
+    }
+
+    #[test]
+    fn a_chained_append_is_never_written_over_a_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let f = append_file(d.path());
+        let g = GroupSync::with_len(0);
+        g.append_exact(&f, b"one\n", 0).unwrap().wait().unwrap();
+        let p2 = g.append_exact(&f, b"two\n", 4).unwrap();
+        // The record was built on 8 bytes; the sync of "two" fails in
+        // between: nothing is written and nothing is repaired behind the
+        // caller's back (a cut would remove what it is chained to).
+        assert!(p2.wait_with(|_| Err(io::Error::other("EIO"))).is_err());
+        assert!(g.append_exact(&f, b"three\n", 8).is_err());
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"one\ntwo\n");
+        assert!(g.repair(&f).unwrap());
+        // Built on a stale length: refused.
+        assert!(g.append_exact(&f, b"three\n", 8).is_err());
+        g.append_exact(&f, b"three\n", 4).unwrap().wait().unwrap();
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"one\nthree\n");
     }
 
     #[test]

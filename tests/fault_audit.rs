@@ -7,9 +7,11 @@
 //!   adds no row);
 //! - a short write then ENOSPC on the audit file (the LD_PRELOAD shim's
 //!   `FAULT_WRITE_LIMIT` during an outage): the same;
-//! - a failed `fdatasync` of the audit file (the shim's `FAULT_FSYNC`): the
-//!   row it covered is not counted durable, is cut off and written again
-//!   once, never twice.
+//! - a failed `fdatasync` of the audit file or of the journal (the shim's
+//!   `FAULT_FSYNC`, with `FAULT_FSYNC_LOSE`: the unsynced bytes become
+//!   zeros, as the disk has them after the kernel dropped the failed pages):
+//!   what it covered is not counted durable, is cut off and written again
+//!   once, never twice, and nothing written after it is hidden.
 //!
 //! Host-only (mount, a host-built shim): skipped with a reason when not root
 //! or in an emulated lane; a failure under `CI=true` on the host.
@@ -210,13 +212,15 @@ fn a_failed_audit_fdatasync_is_not_counted_durable_and_its_row_is_written_once()
     cmd.args(["run", "--until-idle", "--config"])
         .arg(&a.config)
         .env("EXPORTD_LOG", "info");
-    // The third fdatasync of the audit file fails (EIO), once.
+    // The third fdatasync of the audit file fails (EIO), once, and what it
+    // should have written is lost (zeros, as the disk has it).
     fault::with_shim(
         &mut cmd,
         &shim,
         &[
             ("FAULT_PATH", "/audit/audit-"),
             ("FAULT_FSYNC", "3"),
+            ("FAULT_FSYNC_LOSE", "1"),
             ("FAULT_LOG", faults.to_str().unwrap()),
         ],
     );
@@ -229,5 +233,59 @@ fn a_failed_audit_fdatasync_is_not_counted_durable_and_its_row_is_written_once()
     );
     assert!(err.contains("retrying"), "{}", tail(&err, 3000));
     assert_eq!(export_rows(&a).len(), n);
+    check_once_and_consistent(&a, n);
+}
+
+#[test]
+fn a_failed_journal_fdatasync_is_cut_back_and_every_copy_is_journaled_once() {
+    let test = "a_failed_journal_fdatasync_is_cut_back_and_every_copy_is_journaled_once";
+    let Some(shim) = fault::shim(test) else {
+        return;
+    };
+    let a = Appliance::new(1);
+    a.write_config(&config(&a));
+    let day = a.spool.join("2026/11/21");
+    let n = 8;
+    for i in 0..n {
+        Rec::voice(&format!("jsync-{i:02}"), "100").write(&day);
+    }
+    let faults = a.dir.path().join("faults.log");
+    let log = a.dir.path().join("daemon.log");
+    let mut cmd = std::process::Command::new(exe());
+    cmd.args(["run", "--config"])
+        .arg(&a.config)
+        .env("EXPORTD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    // The third fdatasync of the journal fails (EIO), once, and what it
+    // should have written is lost (zeros, as the disk has it).
+    fault::with_shim(
+        &mut cmd,
+        &shim,
+        &[
+            ("FAULT_PATH", "journal.log"),
+            ("FAULT_FSYNC", "3"),
+            ("FAULT_FSYNC_LOSE", "1"),
+            ("FAULT_LOG", faults.to_str().unwrap()),
+        ],
+    );
+    let mut d = Daemon {
+        child: Some(cmd.spawn().unwrap()),
+    };
+    wait_until(
+        "every record exported",
+        Duration::from_secs(60),
+        &log,
+        || export_rows(&a).len() == n,
+    );
+    // The record whose journal entry failed is retried after about 1 s.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        fs::read_to_string(&faults).is_ok_and(|l| l.contains("fdatasync")),
+        "the fault was not injected"
+    );
+    // No clean shutdown (no compaction rewriting the journal from memory):
+    // the next start reads what is on disk.
+    d.kill9();
     check_once_and_consistent(&a, n);
 }

@@ -10,6 +10,12 @@
  *                          (lets a test start and end an "outage")
  *   FAULT_FSYNC=N | N+     the Nth fsync/fdatasync on a matching fd fails
  *                          with EIO (N+: the Nth and every later one); 1-based
+ *   FAULT_FSYNC_LOSE=1     with FAULT_FSYNC: a failed sync also loses what it
+ *                          should have written, as the disk will show it
+ *                          after the kernel dropped the failed pages (or
+ *                          after a power cut): the bytes written to that fd
+ *                          since its last successful sync become zeros (the
+ *                          file keeps its size)
  *   FAULT_WRITE_LIMIT=B    at most B bytes in all are written to matching fds:
  *                          the write crossing B is short, later ones ENOSPC
  *   FAULT_READ=ERRNO       read/pread on a matching fd fails with ERRNO
@@ -35,6 +41,59 @@
 #include <unistd.h>
 
 static long fsync_count;
+static int fd_matches(int fd);
+
+/* Per fd: file size at its last successful sync (or before its first
+ * write); -1 = not known yet. Only for FAULT_FSYNC_LOSE. */
+#define MAX_FD 4096
+static long long synced_size[MAX_FD];
+static int synced_init;
+
+static long long fd_size(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+static void lose_init(void) {
+  if (!synced_init) {
+    for (int i = 0; i < MAX_FD; i++) synced_size[i] = -1;
+    synced_init = 1;
+  }
+}
+
+static int lose_on(int fd) {
+  const char *l = getenv("FAULT_FSYNC_LOSE");
+  return l && *l == '1' && fd >= 0 && fd < MAX_FD;
+}
+
+/* Before a write to a matching fd: remember where unsynced data starts. */
+static void note_before_write(int fd) {
+  if (!lose_on(fd) || !fd_matches(fd)) return;
+  lose_init();
+  if (synced_size[fd] < 0) synced_size[fd] = fd_size(fd);
+}
+
+static void note_synced(int fd) {
+  if (!lose_on(fd)) return;
+  lose_init();
+  synced_size[fd] = fd_size(fd);
+}
+
+/* A failed sync: the unsynced bytes of fd are gone. */
+static void lose_unsynced(int fd) {
+  if (!lose_on(fd)) return;
+  lose_init();
+  long long from = synced_size[fd], to = fd_size(fd);
+  if (from < 0 || to <= from) return;
+  ssize_t (*rpwrite)(int, const void *, size_t, off_t) = dlsym(RTLD_NEXT, "pwrite");
+  static const char zeros[4096];
+  for (long long at = from; at < to;) {
+    size_t n = (size_t)((to - at) < (long long)sizeof zeros ? (to - at) : (long long)sizeof zeros);
+    ssize_t w = rpwrite(fd, zeros, n, (off_t)at);
+    if (w <= 0) break;
+    at += w;
+  }
+}
 static long long written;
 static long fired;
 
@@ -107,6 +166,7 @@ static int fsync_fault(int fd, const char *name) {
   int plus = spec[strlen(spec) - 1] == '+';
   if (n == want || (plus && n >= want)) {
     note(name, fd, NULL);
+    lose_unsynced(fd);
     errno = EIO;
     return 1;
   }
@@ -117,14 +177,18 @@ int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fsync");
   if (fsync_fault(fd, "fsync")) return -1;
-  return real(fd);
+  int r = real(fd);
+  if (r == 0) note_synced(fd);
+  return r;
 }
 
 int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fdatasync");
   if (fsync_fault(fd, "fdatasync")) return -1;
-  return real(fd);
+  int r = real(fd);
+  if (r == 0) note_synced(fd);
+  return r;
 }
 
 /* How many of `len` bytes may go to fd now; -1 = none (ENOSPC). */
@@ -150,9 +214,17 @@ static long long write_allowance(int fd, size_t len) {
 ssize_t write(int fd, const void *buf, size_t len) {
   static ssize_t (*real)(int, const void *, size_t);
   if (!real) real = dlsym(RTLD_NEXT, "write");
+  note_before_write(fd);
   long long a = write_allowance(fd, len);
   if (a < 0) { errno = ENOSPC; return -1; }
   return real(fd, buf, (size_t)a);
+}
+
+int close(int fd) {
+  static int (*real)(int);
+  if (!real) real = dlsym(RTLD_NEXT, "close");
+  if (synced_init && fd >= 0 && fd < MAX_FD) synced_size[fd] = -1;
+  return real(fd);
 }
 
 static ssize_t do_pwrite(const char *sym, int fd, const void *buf, size_t len, off_t off) {
@@ -167,6 +239,7 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) { return do_pwr
 ssize_t writev(int fd, const struct iovec *iov, int cnt) {
   static ssize_t (*real)(int, const struct iovec *, int);
   if (!real) real = dlsym(RTLD_NEXT, "writev");
+  note_before_write(fd);
   size_t total = 0;
   for (int i = 0; i < cnt; i++) total += iov[i].iov_len;
   long long a = write_allowance(fd, total);
