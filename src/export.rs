@@ -185,7 +185,16 @@ impl Writer<'_> {
             j.with_deferred(f)
         };
         if let Some(p) = pending {
-            p.wait()?;
+            if let Err(e) = p.wait() {
+                // The frame may be lost and the file's error state consumed:
+                // the journal is rewritten whole before its next append.
+                let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+                j.sync_failed(&e);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("journal fdatasync failed: {e}"),
+                ));
+            }
         }
         r
     }
