@@ -277,6 +277,10 @@ pub fn make_ctx(
     let jpath = cfg.state_dir.join("journal.log");
     let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
     let audit = AuditLog::open(&cfg.state_dir)?;
+    let mut journal = journal;
+    // Before any worker runs: export rows written just before a crash
+    // without their journal entry are found (see `recovery`).
+    crate::recovery::recover(audit.dir(), &mut journal).map_err(state_err(&jpath))?;
     let snap = snapshot_in_force(cfg_path, &cfg.state_dir, config_sha256)?;
     let targets = build_targets(&snap)?;
     for t in &targets {
@@ -300,6 +304,7 @@ pub fn make_ctx(
         snap: Arc::new(snap),
         targets: Arc::new(targets),
         keys,
+        window: journal.window(),
         journal: Arc::new(Mutex::new(journal)),
         audit: Arc::new(Mutex::new(audit)),
         reported: Arc::new(Mutex::new(HashSet::new())),

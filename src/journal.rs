@@ -1106,6 +1106,14 @@ impl<S: JournalStore> Journal<S> {
         self.index.orphans.iter().find(|o| &o.1 == sig).map(|o| o.0)
     }
 
+    /// Remembers, in memory only, an `export` row whose journal entry could
+    /// not be written (a retry adopts it; recovery finds it after a restart).
+    pub fn note_orphan(&mut self, row: RowHash, sig: RowHash) {
+        if !self.index.orphans.iter().any(|o| o.0 == row) {
+            self.index.orphans.push((row, sig));
+        }
+    }
+
     /// Orphan rows known.
     pub fn orphans(&self) -> usize {
         self.index.orphans.len()
