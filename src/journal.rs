@@ -1255,9 +1255,18 @@ impl<S: JournalStore> Journal<S> {
         Ok(())
     }
 
+    /// Compacts when the file holds many dead frames. A failed compaction
+    /// is not the caller's failure (its entry is appended): the old file
+    /// stays in use, or the store is poisoned and rewritten before the next
+    /// append.
     fn maybe_compact(&mut self) -> io::Result<()> {
         if self.frames > 2 * self.index.len() + 4096 {
-            self.compact()?;
+            if let Err(e) = self.compact() {
+                tracing::warn!(
+                    "journal {}: compaction failed ({e}); it is tried again later",
+                    self.store.describe()
+                );
+            }
         }
         Ok(())
     }
