@@ -1595,6 +1595,59 @@ mod tests {
     }
 
     #[test]
+    fn compactions_racing_group_committed_appends_lose_nothing() {
+        let d = std::env::temp_dir().join(format!("exportd-journal-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("journal.log");
+        let j = Arc::new(Mutex::new(
+            Journal::open(FileStore::new(path.clone())).unwrap(),
+        ));
+        let workers: Vec<_> = (0..4u8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..150u8 {
+                        let key = [t, i, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+                        let (r, p) = j.lock().unwrap().with_deferred(|j| {
+                            j.record_copy_row(key, 1, 1, 9, [i; 32])?;
+                            j.record_done(key, 1, 1, Outcome::Exported)
+                        });
+                        r.unwrap();
+                        if let Some(p) = p {
+                            p.wait().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let compactor = {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    j.lock().unwrap().compact().unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        };
+        for w in workers {
+            w.join().unwrap();
+        }
+        compactor.join().unwrap();
+        drop(j);
+        let j = Journal::open(FileStore::new(path)).unwrap();
+        assert_eq!(j.repair(), &Repair::default());
+        assert_eq!(j.len(), 600, "every record survives the renames");
+        for t in 0..4u8 {
+            for i in 0..150u8 {
+                let key = [t, i, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+                assert!(j.is_done(&key, 1, 1));
+            }
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn the_floor_is_the_oldest_row_not_yet_journaled() {
         let w = Window::new(Some([1; 32]));
         assert_eq!(w.floor(), Some([1; 32]));
