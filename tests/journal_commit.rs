@@ -181,3 +181,52 @@ fn a_full_state_disk_neither_hides_journal_frames_nor_doubles_rows() {
     assert_eq!(a.audit_rows().len(), n, "the journal knows every copy");
     drop(small);
 }
+
+#[test]
+fn a_failed_journal_fdatasync_is_not_trusted_and_loses_nothing() {
+    let test = "a_failed_journal_fdatasync_is_not_trusted_and_loses_nothing";
+    let Some(shim) = fault::shim(test) else {
+        return;
+    };
+    let a = Appliance::new(1);
+    a.write_config(&config(&a));
+    let ids: Vec<String> = (0..20).map(|i| format!("fs{i}")).collect();
+    for id in &ids {
+        Rec::voice(id, "100").write(&a.spool.join("2026/11/21"));
+    }
+    let faults = a.dir.path().join("faults.log");
+    let mut c = Command::new(exe());
+    c.args(["run", "--until-idle", "--config"])
+        .arg(&a.config)
+        .env("EXPORTD_LOG", "info");
+    let faults_s = faults.display().to_string();
+    fault::with_shim(
+        &mut c,
+        &shim,
+        &[
+            ("FAULT_PATH", "journal.log"),
+            ("FAULT_FSYNC", "6"),
+            ("FAULT_LOG", &faults_s),
+        ],
+    );
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        fs::read_to_string(&faults)
+            .unwrap_or_default()
+            .contains("fdatasync"),
+        "the fault fired; log:\n{}",
+        tail(&err, 3000)
+    );
+    assert!(
+        err.contains("journal fdatasync failed"),
+        "the failure is reported; log:\n{}",
+        tail(&err, 3000)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", tail(&err, 3000));
+    assert_one_row_per_copy(&a, &ids);
+    // What the journal says survived a restart: nothing is done again.
+    let n = a.audit_rows().len();
+    run_ok(&a);
+    assert_eq!(a.audit_rows().len(), n, "the journal knows every copy");
+}
