@@ -277,6 +277,10 @@ pub fn make_ctx(
     let jpath = cfg.state_dir.join("journal.log");
     let journal = Journal::open(FileStore::new(jpath.clone())).map_err(state_err(&jpath))?;
     let audit = AuditLog::open(&cfg.state_dir)?;
+    let mut journal = journal;
+    // Before any worker runs: export rows written just before a crash
+    // without their journal entry are found (see `recovery`).
+    crate::recovery::recover(audit.dir(), &mut journal).map_err(state_err(&jpath))?;
     let snap = snapshot_in_force(cfg_path, &cfg.state_dir, config_sha256)?;
     let targets = build_targets(&snap)?;
     for t in &targets {
@@ -300,6 +304,7 @@ pub fn make_ctx(
         snap: Arc::new(snap),
         targets: Arc::new(targets),
         keys,
+        window: journal.window(),
         journal: Arc::new(Mutex::new(journal)),
         audit: Arc::new(Mutex::new(audit)),
         reported: Arc::new(Mutex::new(HashSet::new())),
@@ -535,8 +540,16 @@ impl Agent {
     /// that is not finished. At startup, forget journal entries whose XML is gone.
     fn rescan(&mut self, w: &mut inotify::Watches, startup: bool) {
         let roots = self.cfg.spool.clone();
-        let mut seen: HashSet<PathKey> = HashSet::new();
+        let journal = self.ctx.journal.clone();
+        // Bounded memory: the journal marks what is seen in its own index
+        // (no set of every key), and only unfinished XMLs are kept.
         let mut found: Vec<XmlRef> = Vec::new();
+        if startup {
+            journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .begin_sweep();
+        }
         self.degraded = false;
         for root in &roots {
             if !root.is_dir() {
@@ -551,29 +564,30 @@ impl Agent {
             spool::scan(
                 root,
                 &mut |d| self.add_watch(w, d),
-                &mut |x| found.push(x),
+                &mut |x| {
+                    let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                    if startup {
+                        j.mark_seen(&x.key);
+                    }
+                    if !j.is_done(&x.key, x.size, x.mtime_ns) {
+                        found.push(x);
+                    }
+                },
                 &mut |p, e| warn!("cannot read spool folder {}: {e}", p.display()),
             );
         }
-        let journal = self.ctx.journal.clone();
-        {
-            let j = journal.lock().unwrap_or_else(|p| p.into_inner());
-            for x in found {
-                seen.insert(x.key);
-                if !j.is_done(&x.key, x.size, x.mtime_ns) {
-                    self.enqueue_locked(
-                        x,
-                        Options {
-                            grace_expired: false,
-                            from_scan: true,
-                        },
-                    );
-                }
-            }
+        for x in found {
+            self.enqueue_locked(
+                x,
+                Options {
+                    grace_expired: false,
+                    from_scan: true,
+                },
+            );
         }
         if startup {
             let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = j.retain_and_compact(|k| seen.contains(k)) {
+            if let Err(e) = j.prune_unseen() {
                 error!("journal compaction failed: {e}");
             }
         }

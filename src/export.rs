@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{Action, AuditLog, Row, folder_digest};
-use crate::journal::{self, FileStore, Journal, PathKey, copy_id};
+use crate::journal::{self, FileStore, Journal, PathKey, RowHash, Window, copy_id};
 use crate::layout::{PlannedFile, Values, metadata_name, plan_files};
 use crate::matcher::{Decision, Verdict, decide};
 use crate::record::{self, Modality, Record};
@@ -59,6 +59,8 @@ pub struct Ctx {
     pub journal: Arc<Mutex<Journal<FileStore>>>,
     /// The audit log.
     pub audit: Arc<Mutex<AuditLog>>,
+    /// `export` rows written and not yet journaled (the journal's floor).
+    pub window: Arc<Window>,
     /// Transient failures already written as an error row (one row per outage).
     pub reported: Arc<Mutex<HashSet<(PathKey, u64)>>>,
     /// Canonical spool roots, keyed by configured root.
@@ -146,15 +148,12 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn row(&mut self, row: Row, target_id: &str) -> io::Result<()> {
-        let pending = {
-            let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
-            a.append_deferred(crate::time::Timestamp::now(), &row)
-                .map_err(io::Error::other)?
-                .1
-        };
-        pending
-            .wait()
-            .map_err(|e| io::Error::new(e.kind(), format!("audit log fdatasync failed: {e}")))?;
+        self.append_row(&row, false)?;
+        self.tally(&row, target_id);
+        Ok(())
+    }
+
+    fn tally(&mut self, row: &Row, target_id: &str) {
         self.tallies.push(Tally {
             action: row.action,
             policy_id: row.policy_id.clone(),
@@ -162,6 +161,74 @@ impl Writer<'_> {
             code: row.error_code.clone(),
             bytes: row.bytes,
         });
+    }
+
+    /// Appends a row and waits until it is durable. An `export` row is
+    /// registered in the commit window (in chain order, under the audit
+    /// log's lock) until its journal entry is durable; the ticket is
+    /// returned.
+    fn append_row(&mut self, row: &Row, export: bool) -> io::Result<(RowHash, Option<u64>)> {
+        let (hash, ticket, pending) = {
+            let mut a = self.ctx.audit.lock().unwrap_or_else(|p| p.into_inner());
+            let (hash, pending) = a
+                .append_deferred(crate::time::Timestamp::now(), row)
+                .map_err(io::Error::other)?;
+            let hash: RowHash = hex::decode(&hash)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .unwrap_or([0; 32]);
+            let ticket = export.then(|| self.ctx.window.register(hash));
+            (hash, ticket, pending)
+        };
+        // A failed sync leaves the ticket registered: the row may yet be on
+        // disk, so recovery must look at it after a restart.
+        pending
+            .wait()
+            .map_err(|e| io::Error::new(e.kind(), format!("audit log fdatasync failed: {e}")))?;
+        Ok((hash, ticket))
+    }
+
+    /// Commits one copy: its `export` row (the commit point), then its
+    /// journal entry carrying the row's hash. A row with the same signature
+    /// left without its journal entry by a crash (recovery's orphans) is
+    /// adopted instead of writing a second one.
+    fn commit_copy(&mut self, row: Row, target_id: &str, xml: &XmlRef, cid: u64) -> io::Result<()> {
+        let text = crate::audit::row_body(crate::time::Timestamp(0), &row, "");
+        let fields: Vec<&str> = text.split(';').collect();
+        let sig = journal::row_signature(&fields);
+        let adopted = match sig {
+            Some(sig) => self.journal(|j| Ok(j.orphan(&sig)))?,
+            None => None,
+        };
+        let (hash, ticket) = match adopted {
+            Some(h) => {
+                tracing::info!(
+                    "copy of {} to {target_id}: its export row {} was written before a crash; not written again",
+                    xml.path.display(),
+                    hex::encode(h)
+                );
+                (h, None)
+            }
+            None => self.append_row(&row, true)?,
+        };
+        #[cfg(debug_assertions)]
+        crash_window_hook();
+        if let Err(e) =
+            self.journal(|j| j.record_copy_row(xml.key, xml.size, xml.mtime_ns, cid, hash))
+        {
+            // The row is durable, its journal entry is not: a retry of this
+            // copy adopts the row instead of writing a second one (and after
+            // a restart, recovery finds it: its ticket stays in the window).
+            if let Some(sig) = sig {
+                let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+                j.note_orphan(hash, sig);
+            }
+            return Err(e);
+        }
+        if let Some(t) = ticket {
+            self.ctx.window.acknowledge(t);
+        }
+        self.tally(&row, target_id);
         Ok(())
     }
 
@@ -185,9 +252,32 @@ impl Writer<'_> {
             j.with_deferred(f)
         };
         if let Some(p) = pending {
-            p.wait()?;
+            if let Err(e) = p.wait() {
+                // The frame may be lost and the file's error state consumed:
+                // the journal is rewritten whole before its next append.
+                let mut j = self.ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+                j.sync_failed(&e);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("journal fdatasync failed: {e}"),
+                ));
+            }
         }
         r
+    }
+}
+
+/// Test hook (debug builds only): with `EXPORTD_DEBUG_PAUSE_AFTER_EXPORT_ROW`
+/// set to a path, a worker that has made an `export` row durable writes that
+/// file and stops there, before the journal entry, so a test can SIGKILL the
+/// agent inside the crash window.
+#[cfg(debug_assertions)]
+fn crash_window_hook() {
+    if let Some(p) = std::env::var_os("EXPORTD_DEBUG_PAUSE_AFTER_EXPORT_ROW") {
+        let _ = std::fs::write(&p, b"paused\n");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
     }
 }
 
@@ -688,8 +778,7 @@ fn run(
                     row.bytes = c.bytes;
                     row.sha256 = c.digest;
                     row.error_desc = c.detail;
-                    w.row(row, &spec.id)?;
-                    w.journal(|j| j.record_copy(xml.key, xml.size, xml.mtime_ns, cid))?;
+                    w.commit_copy(row, &spec.id, xml, cid)?;
                     forget_report(ctx, xml.key, cid);
                 }
                 Err(CopyError::Target(e)) => {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod record;
+pub mod recovery;
 pub mod requests;
 pub mod simulate;
 pub mod snapshot;

@@ -358,8 +358,7 @@ impl Target for FsTarget {
     }
 
     fn put(&self, req: &PutRequest<'_>, src: &dyn Source) -> Result<PutReceipt, TargetError> {
-        let dir = self.ensure_folder(req.folder)?;
-        let final_path = dir.join(req.name);
+        self.ensure_folder("")?;
         let tmp_path = self.tmp_path()?;
 
         let out = OpenOptions::new()
@@ -395,6 +394,17 @@ impl Target for FsTarget {
                 return Err(e);
             }
         };
+        // The record folder is created only once a complete file is ready
+        // to be renamed into it: a copy that fails or is killed while its
+        // first file is written leaves no empty record folder.
+        let dir = match self.ensure_folder(req.folder) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
+        let final_path = dir.join(req.name);
 
         let placed = match rename_noreplace(&tmp_path, &final_path) {
             Ok(p) => p,
@@ -520,7 +530,8 @@ mod tests {
             want_sha512: false,
         };
         assert!(matches!(t.put(&req, &Failing), Err(TargetError::Source(_))));
-        assert_eq!(fs::read_dir(d.join("f")).unwrap().count(), 0);
+        // No empty record folder either: it is made only for a complete file.
+        assert!(!d.join("f").exists(), "no empty record folder");
         assert_eq!(fs::read_dir(d.join(TMP_DIR)).unwrap().count(), 0);
     }
 
