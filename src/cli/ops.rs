@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 
-use exportd::agent::{build_targets, model_in_force};
+use exportd::agent::{build_targets, model_in_force, target_env};
 use exportd::audit::AuditLog;
 use exportd::bundle::ops as bops;
 use exportd::bundle::trust::SigStatus;
@@ -42,7 +42,7 @@ pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool)
         std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
     let model = model_in_force(&cfg);
     let snap = Snapshot::from_model(&model).context("compiling the policy model in force")?;
-    let targets = build_targets(&snap)?;
+    let targets = build_targets(&snap, &target_env(&cfg))?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let audit = Mutex::new(AuditLog::open(&cfg.state_dir)?);

@@ -7,6 +7,8 @@ use std::io::{self, Read};
 use crate::model::{TargetKind, TargetSpec};
 
 pub mod fs;
+pub mod handle;
+pub mod marker;
 pub mod s3;
 
 /// Something a target can read (once or several times: an S3 upload first
