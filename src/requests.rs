@@ -225,6 +225,25 @@ pub fn execute(
     if s3 {
         std::fs::create_dir_all(&output_dir)
             .map_err(|e| RequestRunError::State(format!("{}: {e}", output_dir.display())))?;
+    } else if let Some(t) = env.targets.get(ti) {
+        // A folder target must prove it is the archive (its marker) before
+        // the zip is written there: never onto a bare mount point.
+        if let Err(e) = t.check_available() {
+            let reason = e.to_string();
+            let _ = store.fail(&id, &reason, Timestamp::now());
+            audit_row(
+                env,
+                &id,
+                "Failed",
+                reason.clone(),
+                spec.kind.as_str(),
+                "compliance-exports",
+                0,
+                0,
+                String::new(),
+            );
+            return Err(RequestRunError::Failed { id, reason });
+        }
     }
     let opener = KeysOpener {
         roots: env.roots.clone(),

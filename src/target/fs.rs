@@ -815,6 +815,10 @@ impl Target for FsTarget {
         self.remove_stale_temps()
     }
 
+    fn check_available(&self) -> Result<(), TargetError> {
+        self.open_root().map(|_| ())
+    }
+
     fn describe(&self, folder: &str) -> String {
         self.root.join(folder).display().to_string()
     }
