@@ -378,7 +378,6 @@ fn an_unmounted_target_is_never_written_and_drains_when_mounted_again() {
     Rec::voice("r1", "100").write(&a.spool.join("d"));
     let out = a.run_until_idle();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(volume.join(".exportd-target").is_file(), "adopted");
     assert!(volume.join("2026/11/21/u-1/r1/r1.xml").is_file());
 
     // The volume goes away: the mount point is a bare folder on the root disk.
@@ -393,6 +392,7 @@ fn an_unmounted_target_is_never_written_and_drains_when_mounted_again() {
         "written on the bare mount point: {:?}",
         files_below(mount_point)
     );
+    assert!(volume.join(".exportd-target").is_file(), "adopted");
     let rows = a.rows_with("error");
     assert!(
         rows.iter().any(|r| r[1] == "r2"
