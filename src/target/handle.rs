@@ -82,10 +82,16 @@ pub fn open_dir_beneath(dir: &File, rel: &str) -> io::Result<File> {
         | Err(rustix::io::Errno::INVAL) => {}
         Err(e) => return Err(e.into()),
     }
+    walk(dir, &comps)
+}
+
+/// The fallback of [`open_dir_beneath`]: one `openat(O_NOFOLLOW |
+/// O_DIRECTORY)` per (checked) component.
+fn walk(dir: &File, comps: &[&str]) -> io::Result<File> {
     let mut cur: Option<File> = None;
     for c in comps {
         let base = cur.as_ref().unwrap_or(dir);
-        let next = rustix::fs::openat(base.as_fd(), c, DIR_FLAGS, Mode::empty())?;
+        let next = rustix::fs::openat(base.as_fd(), *c, DIR_FLAGS, Mode::empty())?;
         cur = Some(File::from(next));
     }
     match cur {
@@ -283,5 +289,37 @@ pub fn read_small(dir: &File, name: &str, max: usize) -> io::Result<Option<Vec<u
             }
             Ok(Some(buf))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openat2_and_the_walk_never_follow_a_link() {
+        let d = std::env::temp_dir().join(format!("exportd-handle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("root/a/b")).unwrap();
+        std::fs::create_dir_all(d.join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.join("outside"), d.join("root/a/link")).unwrap();
+        let root = open_root(&d.join("root")).unwrap();
+        assert!(open_dir_beneath(&root, "a/b").is_ok());
+        assert!(walk(&root, &["a", "b"]).is_ok());
+        assert!(open_dir_beneath(&root, "a/link").is_err());
+        assert!(walk(&root, &["a", "link"]).is_err());
+        assert!(open_dir_beneath(&root, "a/../..").is_err());
+        assert!(matches!(
+            open_existing(&root, "a").unwrap(),
+            Existing::NotRegular("a folder")
+        ));
+        let a = open_dir_beneath(&root, "a").unwrap();
+        assert!(matches!(
+            open_existing(&a, "link").unwrap(),
+            Existing::NotRegular("a symlink")
+        ));
+        assert!(create_new(&a, "link", 0o600).is_err(), "O_EXCL on a link");
+        assert!(ensure_dir(&a, "link").is_err());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
