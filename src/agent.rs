@@ -29,7 +29,10 @@ use crate::model::{Model, TargetKind};
 use crate::snapshot::{self, Snapshot, SnapshotError};
 use crate::spool::{self, XmlRef};
 use crate::status::{Counts, LastError, Status};
-use crate::target::{Target, fs::FsTarget};
+use crate::target::{
+    Target,
+    fs::{FsTarget, TargetEnv},
+};
 use crate::time::Timestamp;
 
 /// How the daemon runs.
@@ -117,12 +120,20 @@ pub fn install_snapshot(
     Ok(Snapshot::open(&path)?)
 }
 
+/// What folder targets need from the local config (state_dir, agent id).
+pub fn target_env(cfg: &LocalConfig) -> TargetEnv {
+    TargetEnv {
+        state_dir: cfg.state_dir.clone(),
+        agent_id: cfg.agent_id.clone(),
+    }
+}
+
 /// Builds targets for every spec of a snapshot.
-pub fn build_targets(snap: &Snapshot) -> Result<Vec<Arc<dyn Target>>, AgentError> {
+pub fn build_targets(snap: &Snapshot, env: &TargetEnv) -> Result<Vec<Arc<dyn Target>>, AgentError> {
     let mut v: Vec<Arc<dyn Target>> = Vec::new();
     for spec in snap.targets() {
         match spec.kind {
-            TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec))),
+            TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec, env))),
             TargetKind::S3 => v.push(Arc::new(crate::target::s3::S3Target::new(spec).map_err(
                 |e| AgentError::Target {
                     id: spec.id.clone(),
@@ -282,7 +293,7 @@ pub fn make_ctx(
     // without their journal entry are found (see `recovery`).
     crate::recovery::recover(audit.dir(), &mut journal).map_err(state_err(&jpath))?;
     let snap = snapshot_in_force(cfg_path, &cfg.state_dir, config_sha256)?;
-    let targets = build_targets(&snap)?;
+    let targets = build_targets(&snap, &target_env(cfg))?;
     for t in &targets {
         let n = t.recover();
         if n > 0 {
@@ -1179,7 +1190,7 @@ impl Agent {
     }
 
     fn swap_snapshot(&mut self, snap: Snapshot) -> Result<(), AgentError> {
-        let targets = build_targets(&snap)?;
+        let targets = build_targets(&snap, &target_env(&self.cfg))?;
         self.ctx.snap = Arc::new(snap);
         self.ctx.targets = Arc::new(targets);
         self.ctx

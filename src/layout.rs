@@ -141,8 +141,10 @@ impl Template {
     }
 
     /// Expands the template; every field value is sanitised to one safe
-    /// path component. The result uses `/` separators and never starts with
-    /// `/` nor contains `.`/`..` components.
+    /// path component, and every component is escaped by
+    /// [`escape_folder_component`]. The result uses `/` separators, never
+    /// starts with `/`, and has no empty, `.`/`..`, dot-leading or (first)
+    /// reserved component.
     pub fn expand(&self, v: &Values<'_>) -> String {
         let mut out = String::new();
         let c = v.start.civil();
@@ -172,7 +174,7 @@ impl Template {
                     }
                 }
             }
-            out.push_str(&sanitize_component(&s));
+            out.push_str(&escape_folder_component(&s, i == 0));
         }
         out
     }
@@ -256,6 +258,46 @@ pub fn sanitize_component(s: &str) -> String {
     out
 }
 
+/// Names exportd itself uses at a target root: no template expansion may
+/// yield them as its first component.
+pub const RESERVED_ROOT_NAMES: [&str; 4] = [
+    ".exportd-tmp",
+    ".exportd-target",
+    "exportd-audit",
+    "compliance-exports",
+];
+
+/// How a name compares on a case-insensitive, trailing-dot/space-stripping
+/// file system (vfat, SMB to Windows): lowercased, trailing `.` and ` `
+/// removed.
+pub fn fold_name(s: &str) -> String {
+    s.trim_end_matches(['.', ' ']).to_lowercase()
+}
+
+/// Whether `s` would land on a name exportd reserves at a target root
+/// (compared as [`fold_name`] does, so `Compliance-Exports.` counts).
+pub fn is_reserved_root_name(s: &str) -> bool {
+    let f = fold_name(s);
+    RESERVED_ROOT_NAMES.iter().any(|r| *r == f)
+}
+
+/// Makes `s` one safe folder component of a record folder (issue 21 point
+/// 5): [`sanitize_component`], then a leading `.` becomes `_` (no hidden
+/// folders, never `.exportd-tmp` or `.exportd-target`), and a first
+/// component that is a reserved root name ([`RESERVED_ROOT_NAMES`], any
+/// case, trailing dots/spaces ignored) gets a `_` prefix
+/// (`compliance-exports` → `_compliance-exports`).
+pub fn escape_folder_component(s: &str, first: bool) -> String {
+    let mut out = sanitize_component(s);
+    if out.starts_with('.') {
+        out.replace_range(..1, "_");
+    }
+    if first && is_reserved_root_name(&out) {
+        out.insert(0, '_');
+    }
+    out
+}
+
 /// One file to write into a record folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFile {
@@ -309,7 +351,11 @@ pub fn metadata_name(record_id: &str, encrypted_kept: bool) -> String {
 /// Plans the content files of `r` for a policy: selection by extension and
 /// role (`attachment` only with `im_attachments`), output names (without
 /// `.age` when decrypting), and collision checks against each other and the
-/// record's own generated names.
+/// record's own generated names. A content file whose name equals a
+/// generated name (the metadata XML, `.messages.json`, `.vcon.json`) as a
+/// case-insensitive file system sees it ([`fold_name`]: `<ID>.XML`) is a
+/// collision: the record is refused (error row), so such a file can never
+/// take the metadata XML's place on vfat/SMB.
 pub fn plan_files(
     r: &Record,
     decrypt: bool,
@@ -339,7 +385,8 @@ pub fn plan_files(
                 name,
             ));
         }
-        if reserved.contains(&name) {
+        let folded = fold_name(&name);
+        if reserved.iter().any(|r| fold_name(r) == folded) {
             return Err(PlanError::Collision(
                 f.path.clone(),
                 "(generated)".into(),
@@ -397,6 +444,117 @@ mod tests {
             t.expand(&vals()),
             "ny_rec/04h-p-voice/+1 212/xvoiceipc_unigy"
         );
+    }
+
+    #[test]
+    fn reserved_and_hidden_components_are_escaped() {
+        let t = Template::parse("{id}/{location}/x").unwrap();
+        let mut v = vals();
+        for (id, loc, want) in [
+            (".exportd-tmp", ".x", "_exportd-tmp/_x/x"),
+            (
+                ".exportd-target",
+                "compliance-exports",
+                "_exportd-target/compliance-exports/x",
+            ),
+            ("compliance-exports", "a", "_compliance-exports/a/x"),
+            ("Exportd-Audit", "a", "_Exportd-Audit/a/x"),
+            ("compliance-exports. .", "a", "_compliance-exports. ./a/x"),
+            (".", "..", "_/_/x"),
+            ("..x", "a", "_.x/a/x"),
+        ] {
+            v.id = id;
+            v.location = loc;
+            assert_eq!(t.expand(&v), want, "{id}");
+        }
+        let lit = Template::parse(".hidden/exportd-audit").unwrap();
+        assert_eq!(lit.expand(&v), "_hidden/exportd-audit");
+        let lit = Template::parse("exportd-audit/{id}").unwrap();
+        assert_eq!(lit.expand(&v), "_exportd-audit/_.x");
+    }
+
+    #[test]
+    fn a_content_file_named_like_the_metadata_in_another_case_is_refused() {
+        let mut r = crate::record::parse(crate::record::tests_support::SAMPLE.as_bytes()).unwrap();
+        let upper = format!("{}.XML", r.id.to_uppercase());
+        r.files[0].path = format!("d/{upper}");
+        assert!(matches!(
+            plan_files(&r, false, false, None),
+            Err(PlanError::Collision(..))
+        ));
+        r.files[0].path = format!("d/{}.Vcon.json.", r.id);
+        assert!(plan_files(&r, false, false, None).is_err());
+    }
+
+    /// What fuzz/fuzz_targets/path_template.rs checks, on pseudo-random
+    /// templates and values built from the troublesome pieces.
+    #[test]
+    fn expansion_never_yields_unsafe_or_reserved_components() {
+        let pieces = [
+            "{id}",
+            "{location}",
+            "{user_id}",
+            ".",
+            "..",
+            "x",
+            "_",
+            " ",
+            "{hh}",
+        ];
+        let vals_pool = [
+            "",
+            ".",
+            "..",
+            ".exportd-tmp",
+            ".EXPORTD-TARGET",
+            "exportd-audit",
+            "Compliance-Exports",
+            "compliance-exports. ",
+            "a/b",
+            "\\",
+            "\u{0}",
+            "\n.",
+            ". ",
+            "\u{7f}x",
+            "..exportd-tmp",
+            "é",
+        ];
+        let mut x = 0x2545_f491_u32;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as usize % n
+        };
+        for _ in 0..20_000 {
+            let ncomp = 1 + rnd(3);
+            let mut t = String::new();
+            for c in 0..ncomp {
+                if c > 0 {
+                    t.push('/');
+                }
+                for _ in 0..1 + rnd(3) {
+                    t.push_str(pieces[rnd(pieces.len())]);
+                }
+            }
+            let Ok(tp) = Template::parse(&t) else {
+                continue;
+            };
+            let mut v = vals();
+            v.id = vals_pool[rnd(vals_pool.len())];
+            v.location = vals_pool[rnd(vals_pool.len())];
+            v.user_id = vals_pool[rnd(vals_pool.len())];
+            let out = tp.expand(&v);
+            for (i, c) in out.split('/').enumerate() {
+                assert!(!c.is_empty() && c != "." && c != "..", "{t} -> {out:?}");
+                assert!(!c.starts_with('.'), "{t} -> {out:?}");
+                assert!(
+                    !c.chars().any(|ch| ch.is_control() || ch == '\\'),
+                    "{out:?}"
+                );
+                assert!(i > 0 || !is_reserved_root_name(c), "{t} -> {out:?}");
+            }
+        }
     }
 
     #[test]

@@ -89,6 +89,22 @@ impl Source for FileSource<'_> {
     }
 }
 
+/// SHA-256 and size of the delivered zip `<output_dir>/compliance-exports/<name>`,
+/// read through directory handles (never through a link planted since).
+fn zip_digest(output_dir: &Path, name: &str) -> io::Result<([u8; 32], u64)> {
+    use crate::target::handle::{self, Existing};
+    let root = handle::open_root(output_dir)?;
+    let dir = handle::open_dir_beneath(&root, "compliance-exports")?;
+    match handle::open_existing(&dir, name)? {
+        Existing::File(mut f) => {
+            let len = f.metadata()?.len();
+            Ok((crate::target::fs::sha256_of(&mut f)?, len))
+        }
+        Existing::Missing => Err(io::Error::new(io::ErrorKind::NotFound, "zip missing")),
+        Existing::NotRegular(what) => Err(io::Error::other(format!("the zip is {what}"))),
+    }
+}
+
 /// What a request run needs.
 pub struct RequestEnv<'a> {
     /// `state_dir`.
@@ -225,6 +241,25 @@ pub fn execute(
     if s3 {
         std::fs::create_dir_all(&output_dir)
             .map_err(|e| RequestRunError::State(format!("{}: {e}", output_dir.display())))?;
+    } else if let Some(t) = env.targets.get(ti) {
+        // A folder target must prove it is the archive (its marker) before
+        // the zip is written there: never onto a bare mount point.
+        if let Err(e) = t.check_available() {
+            let reason = e.to_string();
+            let _ = store.fail(&id, &reason, Timestamp::now());
+            audit_row(
+                env,
+                &id,
+                "Failed",
+                reason.clone(),
+                spec.kind.as_str(),
+                "compliance-exports",
+                0,
+                0,
+                String::new(),
+            );
+            return Err(RequestRunError::Failed { id, reason });
+        }
     }
     let opener = KeysOpener {
         roots: env.roots.clone(),
@@ -277,8 +312,7 @@ pub fn execute(
         }
     };
     let name = format!("{id}.zip");
-    let sha = crate::target::fs::sha256_file(&sum.zip).unwrap_or([0; 32]);
-    let bytes = std::fs::metadata(&sum.zip).map(|m| m.len()).unwrap_or(0);
+    let (sha, bytes) = zip_digest(&output_dir, &name).unwrap_or(([0; 32], 0));
     if s3 {
         let target = &env.targets[ti];
         let req = PutRequest {

@@ -333,7 +333,8 @@ fn hostile_records_are_error_rows_and_the_agent_keeps_going() {
         .iter()
         .find(|r| r[1].contains("evil-id"))
         .expect("template record exported");
-    assert_eq!(tmpl[9], "a_b_c/.._.._.._x/_/u-1/.._.._.._.._.._tmp_evil-id");
+    // Dot-leading components are escaped (issue 21 point 5: no hidden folders).
+    assert_eq!(tmpl[9], "a_b_c/_._.._.._x/_/u-1/_._.._.._.._.._tmp_evil-id");
     assert!(a.targets[0].join(&tmpl[9]).join("tmpl.wav").exists());
     // The bomb is refused when the transcript is read (never expanded), as an
     // error row; nothing of it is exported.

@@ -24,6 +24,7 @@ USAGE:
     exportd demo [--records N] [--keep]
     exportd request submit --config FILE REQUEST.json [--detach]
     exportd request status --config FILE [ID] [--json]
+    exportd target init --config FILE [--target ID]
     exportd keygen [PREFIX]
     exportd bundle sign --key FILE [--keyid ID] --type config|export-request PAYLOAD.json [--out FILE]
     exportd bundle cosign --key FILE [--keyid ID] BUNDLE.json [--out FILE]
@@ -55,6 +56,7 @@ struct Args {
     kind: Option<String>,
     out: Option<PathBuf>,
     detach: bool,
+    target: Option<String>,
     rest: Vec<OsString>,
 }
 
@@ -82,6 +84,7 @@ fn parse() -> Result<Args> {
         kind: None,
         out: None,
         detach: false,
+        target: None,
         rest: Vec::new(),
     };
     let mut p = lexopt::Parser::from_env();
@@ -109,6 +112,7 @@ fn parse() -> Result<Args> {
             Long("type") => a.kind = Some(p.value()?.string()?),
             Long("out") | Short('o') => a.out = Some(p.value()?.into()),
             Long("detach") => a.detach = true,
+            Long("target") => a.target = Some(p.value()?.string()?),
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -144,6 +148,8 @@ fn is_word(v: &OsString) -> bool {
                 | "sign"
                 | "cosign"
                 | "keygen"
+                | "target"
+                | "init"
         )
     )
 }
@@ -219,6 +225,7 @@ pub fn main() -> Result<i32> {
         }
         ["request", "submit"] => ops::request_submit(&a.config, &a.rest, a.detach),
         ["request", "status"] => ops::request_status(&a.config, &a.rest, a.json),
+        ["target", "init"] => ops::target_init(&a.config, a.target.as_deref()),
         ["keygen"] => ops::keygen(&a.rest, a.out.as_deref()),
         ["bundle", "sign"] => ops::bundle_sign(
             a.key.as_deref(),

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 
-use exportd::agent::{build_targets, model_in_force};
+use exportd::agent::{build_targets, model_in_force, target_env};
 use exportd::audit::AuditLog;
 use exportd::bundle::ops as bops;
 use exportd::bundle::trust::SigStatus;
@@ -33,8 +33,90 @@ fn write_out(out: Option<&Path>, text: &str) -> Result<()> {
     }
 }
 
+/// Files this command creates in `state_dir` are not for other users: at
+/// most 0640 (folders 0750), whatever the operator's shell umask is.
+fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
+}
+
+/// Creates `state_dir` (0700, as the daemon keeps it) when it is missing.
+fn ensure_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `exportd target init --config FILE [--target ID]`: writes the
+/// `.exportd-target` marker into each folder target's (existing) root, or
+/// keeps the one there when it is this target's, and records it in
+/// `state_dir/targets/`.
+pub fn target_init(config: &Option<PathBuf>, only: Option<&str>) -> Result<i32> {
+    use exportd::model::TargetKind;
+    use exportd::target::fs::FsTarget;
+    private_umask();
+    let cfg_path = config.clone().context("--config FILE is required")?;
+    let cfg = LocalConfig::load(&cfg_path)?;
+    let model = model_in_force(&cfg);
+    if let Some(id) = only {
+        match model.targets.iter().find(|t| t.id == id) {
+            None => {
+                let ids: Vec<&str> = model.targets.iter().map(|t| t.id.as_str()).collect();
+                bail!("unknown target {id:?} (configured: {})", ids.join(", "));
+            }
+            Some(t) if t.kind != TargetKind::Fs => {
+                bail!(
+                    "target {id:?} is not a folder target (kind {})",
+                    t.kind.as_str()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let specs: Vec<_> = model
+        .targets
+        .iter()
+        .filter(|t| t.kind == TargetKind::Fs && only.is_none_or(|id| t.id == id))
+        .collect();
+    if specs.is_empty() {
+        bail!("the model in force has no folder (kind = \"fs\") targets");
+    }
+    ensure_state_dir(&cfg.state_dir)?;
+    let env = target_env(&cfg);
+    let mut code = 0;
+    for spec in specs {
+        let t = FsTarget::new(spec, &env);
+        match t.init() {
+            Ok((m, true)) => println!(
+                "target {}: {} initialised (instance {})",
+                spec.id,
+                t.root().display(),
+                m.instance
+            ),
+            Ok((m, false)) => println!(
+                "target {}: {} already holds this target's marker (instance {}); recorded in {}",
+                spec.id,
+                t.root().display(),
+                m.instance,
+                t.marker_copy_path().display()
+            ),
+            Err(e) => {
+                eprintln!("exportd: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
 /// `exportd request submit --config FILE REQUEST.json [--detach]`.
 pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool) -> Result<i32> {
+    private_umask();
     let cfg_path = config.clone().context("--config FILE is required")?;
     let req_path = one_path(rest, "REQUEST.json")?;
     let cfg = LocalConfig::load(&cfg_path)?;
@@ -42,9 +124,8 @@ pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool)
         std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
     let model = model_in_force(&cfg);
     let snap = Snapshot::from_model(&model).context("compiling the policy model in force")?;
-    let targets = build_targets(&snap)?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let targets = build_targets(&snap, &target_env(&cfg))?;
+    ensure_state_dir(&cfg.state_dir)?;
     let audit = Mutex::new(AuditLog::open(&cfg.state_dir)?);
     let roots = cfg
         .spool

@@ -22,7 +22,9 @@
 //!    streams its attachments when asked. Only one conversation's in-range
 //!    messages are in memory at once.
 //! 5. Writes the index files and `request.json`, finishes the zip in
-//!    `.<request_id>.zip.tmp`, fsyncs, links it to `<request_id>.zip` (never
+//!    `.<request_id>.<random>.zip.tmp` (created `O_EXCL | O_NOFOLLOW`, mode
+//!    0640, through a handle of `compliance-exports/`, itself never a
+//!    followed symlink), fsyncs, renames it to `<request_id>.zip` (never
 //!    replacing an existing one) and fsyncs the folder.
 //!
 //! Records that cannot be read (bad XML, zip bombs, missing attachments) do
@@ -46,6 +48,7 @@ pub use status::{RETENTION_MS, RequestStatus, State, StatusError, StatusStore};
 use crate::im::{self, Header, Item, Kind, Message};
 use crate::model::User;
 use crate::record::{FileRole, Record};
+use crate::target::handle;
 use crate::time::Timestamp;
 use out::{ConvMeta, Out, Post};
 use scan::UserIndex;
@@ -275,12 +278,35 @@ pub fn run(
     };
     let wanted = UserIndex::new(selected_users);
 
-    let out_dir = ctx.output_dir.join("compliance-exports");
-    let final_path = out_dir.join(format!("{}.zip", req.request_id));
-    if final_path.exists() {
+    // Handles, not names (issue 21): the output folder is opened once and
+    // everything in it is reached through its handle, never following a
+    // link below the configured root.
+    let out_path = ctx.output_dir.join("compliance-exports");
+    let final_name = format!("{}.zip", req.request_id);
+    let final_path = out_path.join(&final_name);
+    // The caller proved a folder target's root is the archive (its marker)
+    // before; the engine alone (tests, outbox) makes its output folder.
+    if !ctx.output_dir.exists() {
+        std::fs::create_dir_all(&ctx.output_dir).map_err(io_err(&ctx.output_dir))?;
+    }
+    let out_root = handle::open_root(&ctx.output_dir).map_err(io_err(&ctx.output_dir))?;
+    let (out_dir, created) = handle::ensure_dir(&out_root, "compliance-exports").map_err(|e| {
+        let hint = if matches!(e.raw_os_error(), Some(20) | Some(40)) {
+            " (a symlink or not a folder: exportd never follows it; remove it)"
+        } else {
+            ""
+        };
+        ComplianceError::Io {
+            path: out_path.clone(),
+            source: std::io::Error::new(e.kind(), format!("{e}{hint}")),
+        }
+    })?;
+    if created {
+        out_root.sync_all().map_err(io_err(&ctx.output_dir))?;
+    }
+    if handle::exists_in(&out_dir, &final_name).map_err(io_err(&final_path))? {
         return Err(ComplianceError::Exists(final_path));
     }
-    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
 
     let mut run = Run {
         skipped: Vec::new(),
@@ -404,8 +430,11 @@ pub fn run(
     });
 
     // 3. Write the zip.
-    let tmp = out_dir.join(format!(".{}.zip.tmp", req.request_id));
-    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    // A fresh, unpredictable temp name, created O_EXCL|O_NOFOLLOW: a link
+    // planted under any name is never written through.
+    let tmp_name = format!(".{}.{}.zip.tmp", req.request_id, nonce());
+    let tmp = out_path.join(&tmp_name);
+    let file = handle::create_new(&out_dir, &tmp_name, 0o640).map_err(io_err(&tmp))?;
     let result = write_zip(
         req,
         &v,
@@ -419,11 +448,11 @@ pub fn run(
     let (counts, covered, beyond) = match result {
         Ok(x) => x,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = handle::remove_in(&out_dir, &tmp_name);
             return Err(e);
         }
     };
-    publish(&tmp, &final_path, &out_dir)?;
+    publish(&out_dir, &tmp_name, &final_name, &final_path)?;
     (run.on_progress)(Progress::Finished {
         zip: final_path.clone(),
     });
@@ -780,24 +809,38 @@ fn copy_file(
 }
 
 /// Moves the finished temp zip to its final name without ever replacing an
-/// existing file, then fsyncs the folder.
-fn publish(tmp: &Path, final_path: &Path, dir: &Path) -> Result<(), ComplianceError> {
-    match std::fs::hard_link(tmp, final_path) {
-        Ok(()) => {
-            let _ = std::fs::remove_file(tmp);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let _ = std::fs::remove_file(tmp);
+/// existing file (renameat2 NOREPLACE, or link + unlink, between handles of
+/// the same folder), then fsyncs the folder.
+fn publish(
+    dir: &std::fs::File,
+    tmp_name: &str,
+    final_name: &str,
+    final_path: &Path,
+) -> Result<(), ComplianceError> {
+    match handle::rename_noreplace_at(dir, tmp_name, dir, final_name) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = handle::remove_in(dir, tmp_name);
             return Err(ComplianceError::Exists(final_path.to_path_buf()));
         }
-        Err(_) => {
-            // File systems without hard links: check, then rename.
-            if final_path.exists() {
-                let _ = std::fs::remove_file(tmp);
-                return Err(ComplianceError::Exists(final_path.to_path_buf()));
-            }
-            std::fs::rename(tmp, final_path).map_err(io_err(final_path))?;
+        Err(e) => {
+            let _ = handle::remove_in(dir, tmp_name);
+            return Err(io_err(final_path)(e));
         }
     }
-    sync_dir(dir).map_err(io_err(dir))
+    let parent = final_path.parent().unwrap_or(final_path);
+    dir.sync_all().map_err(io_err(parent))
+}
+
+/// A random suffix for temp names (16 hex digits).
+fn nonce() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = ((t as u64) ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    hex::encode(b)
 }

@@ -290,12 +290,8 @@ impl StatusStore {
                 continue;
             }
             if let Some(zip) = &st.zip {
-                match std::fs::remove_file(zip) {
-                    Ok(()) => {
-                        if let Some(parent) = zip.parent() {
-                            let _ = super::sync_dir(parent);
-                        }
-                    }
+                match remove_zip(zip) {
+                    Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
                         first_err.get_or_insert(io(zip)(e));
@@ -317,5 +313,67 @@ impl StatusStore {
             Some(e) => Err(e),
             None => Ok(done),
         }
+    }
+}
+
+/// Removes `<root>/<folder>/<name>.zip` through a handle of `<folder>` opened
+/// below `<root>` without following links (a `compliance-exports` swapped
+/// for a symlink never makes expiry delete elsewhere), then fsyncs it.
+fn remove_zip(zip: &Path) -> std::io::Result<()> {
+    use crate::target::handle;
+    let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "not a local zip path");
+    let name = zip
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(missing)?;
+    let dir = zip.parent().ok_or_else(missing)?;
+    let sub = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(missing)?;
+    let root = handle::open_root(dir.parent().ok_or_else(missing)?)?;
+    let d = handle::open_dir_beneath(&root, sub)?;
+    handle::remove_in(&d, name)?;
+    d.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_never_deletes_through_a_symlinked_folder() {
+        let d = std::env::temp_dir().join(format!("exportd-expire-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let (root, elsewhere) = (d.join("t"), d.join("elsewhere"));
+        let out = root.join("compliance-exports");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let store = StatusStore::new(&d.join("state"));
+        let t0 = Timestamp(1_795_000_000_000);
+        let later = Timestamp(t0.0 + RETENTION_MS + 1);
+        let done = |id: &str| {
+            store.accept(id, t0).unwrap();
+            let zip = out.join(format!("{id}.zip"));
+            std::fs::write(&zip, b"zip").unwrap();
+            store.complete(id, &zip, t0).unwrap();
+        };
+        done("r-a");
+        assert_eq!(store.expire(later).unwrap(), ["r-a"]);
+        assert!(!out.join("r-a.zip").exists());
+        // The folder is swapped for a link to a folder holding r-b.zip.
+        done("r-b");
+        std::fs::write(elsewhere.join("r-b.zip"), b"precious").unwrap();
+        std::fs::rename(&out, d.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &out).unwrap();
+        assert!(
+            store.expire(later).is_err(),
+            "a symlinked folder is an error"
+        );
+        assert_eq!(
+            std::fs::read(elsewhere.join("r-b.zip")).unwrap(),
+            b"precious"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

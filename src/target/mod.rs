@@ -7,6 +7,8 @@ use std::io::{self, Read};
 use crate::model::{TargetKind, TargetSpec};
 
 pub mod fs;
+pub mod handle;
+pub mod marker;
 pub mod s3;
 
 /// Something a target can read (once or several times: an S3 upload first
@@ -113,6 +115,13 @@ pub trait Target: Send + Sync {
 
     /// A human-readable location of a record folder, for logs and errors.
     fn describe(&self, folder: &str) -> String;
+
+    /// Whether the target can be written now (a folder target: its root
+    /// exists and proves to be this target's archive). Checked before
+    /// writing outside [`Target::put`] (compliance zips).
+    fn check_available(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
 
     /// Cleans up after a crash (e.g. temp files of a dead process); called
     /// when the target is set up by the daemon. Returns what was removed.

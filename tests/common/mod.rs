@@ -351,6 +351,8 @@ pub fn files_below(root: &Path) -> Vec<String> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == ".exportd-target") {
+                // The target's marker (issue 13 point 6), not a copy.
             } else {
                 v.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
             }
