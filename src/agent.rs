@@ -756,6 +756,7 @@ impl Agent {
                     &mut |d| self.add_watch(w, d),
                     &mut |x| found.push(x),
                     &mut |f| files.push(f.to_path_buf()),
+                    &mut |p, e| warn!("cannot list spool folder {}: {e}", p.display()),
                 );
                 // Files that landed before the watch: their creation was not
                 // seen, so a recent one may still be open for writing. Treat it
