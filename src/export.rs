@@ -356,7 +356,7 @@ fn extras(
     keys: &dyn Keys,
     user: &crate::snapshot::UserView<'_>,
     written: &[Written],
-) -> Result<Generated, String> {
+) -> Result<Generated, CopyError> {
     let mut out = Vec::new();
     let mut transcript: Option<crate::im::Transcript> = None;
     if rec.modality == Modality::Im {
@@ -379,9 +379,20 @@ fn extras(
                 let mut buf = Vec::new();
                 src.open()
                     .and_then(|r| r.take(MAX_TRANSCRIPT + 1).read_to_end(&mut buf))
-                    .map_err(|e| format!("reading transcript {}: {e}", path.display()))?;
-                let tr = crate::im::Transcript::from_bytes(&buf)
-                    .map_err(|e| format!("transcript {}: {e}", path.display()))?;
+                    .map_err(|e| {
+                        if spool::is_transient(&e) {
+                            // Retried like any spool read outage.
+                            CopyError::Target(TargetError::Source(e))
+                        } else {
+                            CopyError::Generate(format!(
+                                "reading transcript {}: {e}",
+                                path.display()
+                            ))
+                        }
+                    })?;
+                let tr = crate::im::Transcript::from_bytes(&buf).map_err(|e| {
+                    CopyError::Generate(format!("transcript {}: {e}", path.display()))
+                })?;
                 out.push((
                     format!(
                         "{}.messages.json",
@@ -405,7 +416,8 @@ fn extras(
             written,
             &out,
             transcript.as_ref(),
-        )?;
+        )
+        .map_err(CopyError::Generate)?;
         out.push(v);
     }
     Ok(out)
@@ -724,6 +736,8 @@ fn run(
                     let (code, keyish) = match &e {
                         TargetError::Conflict { .. } => ("conflict", false),
                         TargetError::Source(_) if spool_outage => ("source_unavailable", false),
+                        // A way out of the root met while copying (a swap race).
+                        TargetError::Source(s) if spool::is_refusal(s) => ("unsafe_path", false),
                         TargetError::Source(s) if is_no_key(s) => ("no_identity", true),
                         TargetError::Source(_) => ("source_failed", false),
                         TargetError::Transient(_) => ("target_unavailable", false),
@@ -872,8 +886,7 @@ fn copy_one(
             ctx.keys.as_ref(),
             user,
             &written,
-        )
-        .map_err(CopyError::Generate)?;
+        )?;
         for (name, bytes) in extra {
             let req = PutRequest {
                 folder: dst,

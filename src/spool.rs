@@ -631,6 +631,14 @@ pub fn is_transient(e: &io::Error) -> bool {
     }
 }
 
+/// Whether an error opening a spool file is a refusal (a way out of the
+/// root, not a regular file): the record is refused, never retried.
+pub fn is_refusal(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<OpenError>())
+        .is_some_and(|o| matches!(o, OpenError::Refused { .. }))
+}
+
 /// A read error on a spool file, with the file's path.
 #[derive(Debug, thiserror::Error)]
 #[error("reading {path} failed: {source}")]
@@ -876,10 +884,12 @@ mod tests {
             };
             assert!(is_transient(&io::Error::other(r)));
         }
-        assert!(!is_transient(&open_error_to_io(OpenError::Refused {
+        let refused = open_error_to_io(OpenError::Refused {
             path: p.clone(),
-            why: OUTSIDE
-        })));
+            why: OUTSIDE,
+        });
+        assert!(!is_transient(&refused) && is_refusal(&refused));
+        assert!(!is_refusal(&open_error_to_io(io(libc::EIO))));
         assert!(!is_transient(&io::Error::new(
             io::ErrorKind::PermissionDenied,
             "no identity opens it"
