@@ -100,6 +100,57 @@ fn an_empty_mount_point_at_startup_keeps_the_journal() {
     assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
 }
 
+/// The journal alone: `run --until-idle` once with the root an empty mount
+/// point and once with it missing prunes nothing; when the spool is back,
+/// nothing is exported a second time.
+#[test]
+fn an_empty_or_missing_root_at_startup_prunes_nothing() {
+    const T: &str = "an_empty_or_missing_root_at_startup_prunes_nothing";
+    let a = Appliance::new(1);
+    a.write_config(&config(&a));
+    let day = a.spool.join("2026/11/21");
+    for i in 0..3 {
+        Rec::voice(&format!("r{i}"), "100").write(&day);
+    }
+    let out = a.run_until_idle();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Missing (renamed away), then back.
+    let away = a.dir.path().join("spool.away");
+    fs::rename(&a.spool, &away).unwrap();
+    a.run_until_idle();
+    fs::rename(&away, &a.spool).unwrap();
+    a.run_until_idle();
+    assert_eq!(
+        a.rows_with("export").len(),
+        3,
+        "{:?}",
+        a.rows_with("export")
+    );
+    // An empty mount point, then the volume back.
+    let Some(m) = fault::SmallFs::mount(T, &a.spool, "1m") else {
+        return;
+    };
+    let out = a.run_until_idle();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("treated as unknown"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+    a.run_until_idle();
+    assert_eq!(
+        a.rows_with("export").len(),
+        3,
+        "{:?}",
+        a.rows_with("export")
+    );
+}
+
 /// A root missing at startup (renamed away) keeps the journal and is
 /// watched: when it is back its old records are not exported again and a
 /// new one is; a root whose parents do not exist yet at startup is exported
