@@ -900,6 +900,35 @@ mod tests {
         )));
     }
 
+    /// A folder that cannot be opened when its turn comes (here: swapped
+    /// for a symlink after its parent was listed) makes the scan incomplete,
+    /// and the symlink is not followed.
+    #[test]
+    fn a_folder_that_cannot_be_listed_makes_the_scan_incomplete() {
+        let (_t, d) = tree();
+        let root = d.join("root");
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::create_dir_all(d.join("elsewhere")).unwrap();
+        fs::write(d.join("elsewhere/out.xml"), b"<recording/>").unwrap();
+        fs::write(root.join("sub/in.xml"), b"<recording/>").unwrap();
+        let mut found = Vec::new();
+        let mut failed = Vec::new();
+        let rep = scan(
+            &root,
+            &mut |dir| {
+                if dir == root.join("a") {
+                    fs::remove_dir(dir).unwrap();
+                    std::os::unix::fs::symlink(d.join("elsewhere"), dir).unwrap();
+                }
+            },
+            &mut |x| found.push(x.rel),
+            &mut |p, _| failed.push(p.to_path_buf()),
+        );
+        assert!(!rep.complete);
+        assert_eq!(failed, vec![root.join("a")]);
+        assert_eq!(found, vec!["sub/in.xml".to_string()]);
+    }
+
     /// A root that cannot be opened is an incomplete scan, not an empty one.
     #[test]
     fn a_missing_root_is_an_incomplete_scan() {
