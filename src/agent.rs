@@ -204,6 +204,28 @@ struct Agent {
     uncertain: HashMap<PathBuf, Instant>,
     /// Records whose listed files are all there but some still being written.
     writing_wait: HashMap<PathKey, XmlRef>,
+    /// Spool folders whose content is unknown (a root missing, unreadable,
+    /// or empty while the journal knows records under it; a folder whose
+    /// listing failed): listed again with backoff until they can be.
+    doubts: HashMap<PathBuf, Doubt>,
+    /// Existing ancestors of missing spool roots, watched for the root to appear.
+    ancestors: HashSet<PathBuf>,
+}
+
+/// A spool folder in doubt (see `Agent::doubts`).
+struct Doubt {
+    /// When to list it again.
+    at: Instant,
+    /// Listings tried so far.
+    attempt: u32,
+    /// An empty listing does not settle it (a root that may not be mounted).
+    want_records: bool,
+}
+
+/// How long a folder in doubt waits before it is listed again: 1 s, 2 s,
+/// 4 s ... up to a minute.
+fn doubt_backoff(attempt: u32) -> Duration {
+    Duration::from_secs((1u64 << attempt.min(7).saturating_sub(1)).min(60))
 }
 
 /// How long a file found without its creation event must stay unchanged
@@ -387,6 +409,8 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
         last_apply: None,
         uncertain: HashMap::new(),
         writing_wait: HashMap::new(),
+        doubts: HashMap::new(),
+        ancestors: HashSet::new(),
     };
 
     let mut sigterm =
@@ -548,45 +572,135 @@ impl Agent {
     }
 
     /// Full rescan of every root: (re)watch every folder, queue every XML
-    /// that is not finished. At startup, forget journal entries whose XML is gone.
+    /// that is not finished. At startup, forget journal entries whose XML is
+    /// gone, but only when every root was listed completely and none is
+    /// empty while the journal knows records that were not found: a root
+    /// not mounted, unreadable or half-listed is "unknown", never "deleted".
     fn rescan(&mut self, w: &mut inotify::Watches, startup: bool) {
         let roots = self.cfg.spool.clone();
-        let journal = self.ctx.journal.clone();
         // Bounded memory: the journal marks what is seen in its own index
         // (no set of every key), and only unfinished XMLs are kept.
         let mut found: Vec<XmlRef> = Vec::new();
+        let mut complete = true;
+        let mut empty: Vec<PathBuf> = Vec::new();
         if startup {
-            journal
+            self.ctx
+                .journal
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .begin_sweep();
         }
         self.degraded = false;
         for root in &roots {
-            if !root.is_dir() {
-                error!(
-                    "spool root {} is not a folder; check `spool` in {}",
-                    root.display(),
-                    self.cfg_path.display()
-                );
-                continue;
+            let rep = self.scan_folder(w, root, root, &mut found, startup);
+            complete &= rep.complete;
+            if rep.complete && rep.xmls == 0 {
+                empty.push(root.clone());
             }
-            // Each folder is watched before it is read (nothing falls in between).
-            spool::scan(
-                root,
-                &mut |d| self.add_watch(w, d),
-                &mut |x| {
-                    let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-                    if startup {
-                        j.mark_seen(&x.key);
-                    }
-                    if !j.is_done(&x.key, x.size, x.mtime_ns) {
-                        found.push(x);
-                    }
-                },
-                &mut |p, e| warn!("cannot read spool folder {}: {e}", p.display()),
-            );
         }
+        self.enqueue_found(found);
+        if startup {
+            let prune = complete && empty.is_empty();
+            let journal = self.ctx.journal.clone();
+            let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+            let unseen = j.unseen();
+            if prune {
+                if let Err(e) = j.prune_unseen() {
+                    error!("journal compaction failed: {e}");
+                }
+            }
+            drop(j);
+            if !prune && unseen > 0 {
+                if complete {
+                    for root in &empty {
+                        warn!(
+                            "spool root {} is empty while the journal knows {unseen} records not found in the spool: treated as unknown (not mounted?), nothing is forgotten; it is listed again until records appear",
+                            root.display()
+                        );
+                        self.doubt(root.clone(), true);
+                    }
+                } else {
+                    warn!(
+                        "the spool could not be listed completely: the {unseen} journal entries of records not found are kept (unknown, not deleted)"
+                    );
+                }
+            }
+        }
+        self.status_dirty = true;
+    }
+
+    /// Lists `start` (a root or a folder below `root`), watching every
+    /// folder before it is read; what cannot be listed is put in doubt.
+    fn scan_folder(
+        &mut self,
+        w: &mut inotify::Watches,
+        root: &Path,
+        start: &Path,
+        found: &mut Vec<XmlRef>,
+        sweep: bool,
+    ) -> spool::ScanReport {
+        if start == root {
+            // The configured path may lead through symlinks the administrator made.
+            let problem = match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => None,
+                Ok(_) => Some("is not a folder".to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.watch_ancestor(w, root);
+                    Some("is missing (not mounted?); it is watched and exported from once it appears".to_string())
+                }
+                Err(e) => Some(format!("cannot be read: {e}")),
+            };
+            if let Some(why) = problem {
+                if !self.doubts.contains_key(root) {
+                    error!(
+                        "spool root {} {why}; check `spool` in {}",
+                        root.display(),
+                        self.cfg_path.display()
+                    );
+                    self.note_error(root, "spool_unavailable", format!("spool root {why}"));
+                }
+                self.doubt(root.to_path_buf(), false);
+                return spool::ScanReport::default();
+            }
+        }
+        let mut failed: Vec<PathBuf> = Vec::new();
+        let journal = self.ctx.journal.clone();
+        let rep = spool::scan_below(
+            root,
+            start,
+            &mut |d| self.add_watch(w, d),
+            &mut |x| {
+                let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                if sweep {
+                    j.mark_seen(&x.key);
+                }
+                if !j.is_done(&x.key, x.size, x.mtime_ns) {
+                    found.push(x);
+                }
+            },
+            &mut |_| {},
+            &mut |p, e| {
+                warn!(
+                    "cannot list spool folder {}: {e}; what it holds is unknown until it can be listed (retried)",
+                    p.display()
+                );
+                failed.push(p.to_path_buf());
+            },
+        );
+        for p in failed {
+            let dir = if p == start || p.is_dir() {
+                p
+            } else {
+                p.parent().map(Path::to_path_buf).unwrap_or(p)
+            };
+            self.doubt(dir, false);
+        }
+        rep
+    }
+
+    /// Queues the unfinished XMLs a scan found (the scan already left out
+    /// the finished ones).
+    fn enqueue_found(&mut self, found: Vec<XmlRef>) {
         for x in found {
             self.enqueue_locked(
                 x,
@@ -596,11 +710,99 @@ impl Agent {
                 },
             );
         }
-        if startup {
-            let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = j.prune_unseen() {
-                error!("journal compaction failed: {e}");
+    }
+
+    /// Puts a spool folder in doubt (or keeps it there, one backoff step further).
+    fn doubt(&mut self, path: PathBuf, want_records: bool) {
+        let d = self.doubts.entry(path).or_insert(Doubt {
+            at: Instant::now(),
+            attempt: 0,
+            want_records,
+        });
+        d.attempt += 1;
+        d.want_records |= want_records;
+        d.at = Instant::now() + doubt_backoff(d.attempt);
+    }
+
+    /// Lists the folders in doubt whose time has come.
+    fn recheck_doubts(&mut self, now: Instant, w: &mut inotify::Watches) {
+        let due: Vec<PathBuf> = self
+            .doubts
+            .iter()
+            .filter(|(_, d)| d.at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            let Some(root) = self.root_of(&p) else {
+                self.doubts.remove(&p);
+                continue;
+            };
+            let want_records = self.doubts.get(&p).is_some_and(|d| d.want_records);
+            let mut found = Vec::new();
+            let rep = self.scan_folder(w, &root, &p, &mut found, false);
+            let n = found.len();
+            self.enqueue_found(found);
+            let settled = rep.complete && (!want_records || rep.xmls > 0);
+            if settled {
+                if let Some(d) = self.doubts.remove(&p) {
+                    info!(
+                        "spool folder {} can be listed again ({} records found after {} attempts)",
+                        p.display(),
+                        n,
+                        d.attempt
+                    );
+                }
+            } else if rep.complete {
+                // Listed, still empty: look again later.
+                self.doubt(p, want_records);
             }
+            // Otherwise scan_folder has put it back in doubt.
+        }
+        self.status_dirty = true;
+    }
+
+    /// Watches the nearest existing ancestor of a missing root, so that the
+    /// root is listed as soon as it (or a folder on the way) is created.
+    fn watch_ancestor(&mut self, w: &mut inotify::Watches, root: &Path) {
+        let mut a = root.parent();
+        while let Some(p) = a {
+            if p.is_dir() {
+                if self.ancestors.contains(p) {
+                    return;
+                }
+                match w.add(
+                    p,
+                    WatchMask::CREATE
+                        | WatchMask::MOVED_TO
+                        | WatchMask::ONLYDIR
+                        | WatchMask::MASK_ADD,
+                ) {
+                    Ok(wd) => {
+                        self.watches.entry(wd).or_insert_with(|| p.to_path_buf());
+                        self.ancestors.insert(p.to_path_buf());
+                    }
+                    Err(e) => warn!(
+                        "cannot watch {} for spool root {} to appear ({e}); it is looked for with backoff",
+                        p.display(),
+                        root.display()
+                    ),
+                }
+                return;
+            }
+            a = p.parent();
+        }
+    }
+
+    /// Remembers an error for `status`.
+    fn note_error(&mut self, path: &Path, code: &str, message: String) {
+        self.status.last_errors.push(LastError {
+            at: Timestamp::now().rfc3339().to_string(),
+            path: path.display().to_string(),
+            code: code.to_string(),
+            message,
+        });
+        if self.status.last_errors.len() > 20 {
+            self.status.last_errors.remove(0);
         }
         self.status_dirty = true;
     }
@@ -665,7 +867,8 @@ impl Agent {
             .held()
             .then(|| Instant::now() + Duration::from_millis(200));
         let e = self.uncertain.values().min().copied();
-        [a, b, c, d, e, self.next_expiry]
+        let f = self.doubts.values().map(|d| d.at).min();
+        [a, b, c, d, e, f, self.next_expiry]
             .into_iter()
             .flatten()
             .min()
@@ -721,6 +924,9 @@ impl Agent {
                 self.enqueue(r.xml, r.opts);
             }
         }
+        if self.doubts.values().any(|d| d.at <= now) {
+            self.recheck_doubts(now, w);
+        }
         if self.degraded {
             self.rescan(w, false);
         }
@@ -745,12 +951,33 @@ impl Agent {
             return;
         }
         if mask.contains(EventMask::IGNORED) {
-            self.watches.remove(&wd);
+            if let Some(p) = self.watches.remove(&wd) {
+                // A root deleted or unmounted under us: unknown until listed again.
+                if self.cfg.spool.contains(&p) {
+                    warn!(
+                        "spool root {} went away (deleted or unmounted); it is looked for again",
+                        p.display()
+                    );
+                    self.doubt(p, false);
+                }
+            }
             return;
         }
         let Some(dir) = self.watches.get(&wd).cloned() else {
             return;
         };
+        if self.ancestors.contains(&dir) && self.root_of(&dir).is_none() {
+            // A folder appeared on the way to a missing root: look now.
+            if mask.contains(EventMask::ISDIR) {
+                let now = Instant::now();
+                for (p, d) in self.doubts.iter_mut() {
+                    if p.starts_with(&dir) {
+                        d.at = now;
+                    }
+                }
+            }
+            return;
+        }
         let Some(name) = name else { return };
         let Some(name_s) = name.to_str() else { return };
         let path = dir.join(name_s);
@@ -775,13 +1002,26 @@ impl Agent {
                 let mut files = Vec::new();
                 // Each folder is watched before it is read, so nothing created
                 // in between is missed.
+                let mut failed = Vec::new();
                 spool::scan_below(
                     &root,
                     &path,
                     &mut |d| self.add_watch(w, d),
                     &mut |x| found.push(x),
                     &mut |f| files.push(f.to_path_buf()),
+                    &mut |p, e| {
+                        warn!("cannot list spool folder {}: {e}; retried", p.display());
+                        failed.push(p.to_path_buf());
+                    },
                 );
+                for p in failed {
+                    let dir = if p.is_dir() {
+                        p
+                    } else {
+                        p.parent().map(Path::to_path_buf).unwrap_or(p)
+                    };
+                    self.doubt(dir, false);
+                }
                 // Files that landed before the watch: their creation was not
                 // seen, so a recent one may still be open for writing. Treat it
                 // as being written until it is closed (now watched) or has not

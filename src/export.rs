@@ -18,7 +18,7 @@ use crate::layout::{PlannedFile, Values, metadata_name, plan_files};
 use crate::matcher::{Decision, Verdict, decide};
 use crate::record::{self, Modality, Record};
 use crate::snapshot::{CompiledPolicy, Snapshot};
-use crate::spool::{OpenError, XmlRef, open_in_root};
+use crate::spool::{self, OpenError, SpoolFile, XmlRef, open_error_to_io, open_in_root};
 use crate::target::{BytesSource, PutRequest, Source, Target, TargetError};
 
 /// Decryption of age files, behind a trait so the engine does not depend on
@@ -281,14 +281,21 @@ fn crash_window_hook() {
     }
 }
 
+/// A missing age identity (the key store's `PermissionDenied`), not an
+/// EACCES on a spool file (that is transient: retried).
 fn is_no_key(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::PermissionDenied
+    e.kind() == io::ErrorKind::PermissionDenied && !spool::is_transient(e)
 }
 
-/// Opens the metadata XML safely; returns it with its size and mtime (ns).
-fn open_metadata(root_canon: &Path, xml: &XmlRef) -> Result<(File, u64, i64), OpenError> {
+/// The `reported` slot of a spool read outage (the XML or a listed file):
+/// one error row per outage, cleared when the record is finished.
+const SPOOL_OUTAGE: u64 = 2;
+
+/// Opens the metadata XML safely (through a handle of its root); returns it
+/// with its size and mtime (ns).
+fn open_metadata(root: &Path, xml: &XmlRef) -> Result<(File, u64, i64), OpenError> {
     use std::os::unix::fs::MetadataExt;
-    let f = open_in_root(root_canon, &xml.path)?;
+    let f = open_in_root(root, &xml.path)?;
     let m = f.metadata().map_err(|e| OpenError::Io {
         path: xml.path.clone(),
         source: e,
@@ -370,12 +377,9 @@ struct SpoolSource<'a> {
 
 impl Source for SpoolSource<'_> {
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        let f = open_in_root(self.root, &self.path).map_err(|e| match e {
-            OpenError::Missing(p) => {
-                io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", p.display()))
-            }
-            other => io::Error::other(other.to_string()),
-        })?;
+        // Errors stay classifiable (spool::is_transient) and name the file.
+        let f = open_in_root(self.root, &self.path).map_err(open_error_to_io)?;
+        let f = SpoolFile::new(f, self.path.clone());
         if self.decrypt {
             self.keys
                 .decrypt(Box::new(io::BufReader::with_capacity(64 << 10, f)))
@@ -442,7 +446,7 @@ fn extras(
     keys: &dyn Keys,
     user: &crate::snapshot::UserView<'_>,
     written: &[Written],
-) -> Result<Generated, String> {
+) -> Result<Generated, CopyError> {
     let mut out = Vec::new();
     let mut transcript: Option<crate::im::Transcript> = None;
     if rec.modality == Modality::Im {
@@ -465,9 +469,20 @@ fn extras(
                 let mut buf = Vec::new();
                 src.open()
                     .and_then(|r| r.take(MAX_TRANSCRIPT + 1).read_to_end(&mut buf))
-                    .map_err(|e| format!("reading transcript {}: {e}", path.display()))?;
-                let tr = crate::im::Transcript::from_bytes(&buf)
-                    .map_err(|e| format!("transcript {}: {e}", path.display()))?;
+                    .map_err(|e| {
+                        if spool::is_transient(&e) {
+                            // Retried like any spool read outage.
+                            CopyError::Target(TargetError::Source(e))
+                        } else {
+                            CopyError::Generate(format!(
+                                "reading transcript {}: {e}",
+                                path.display()
+                            ))
+                        }
+                    })?;
+                let tr = crate::im::Transcript::from_bytes(&buf).map_err(|e| {
+                    CopyError::Generate(format!("transcript {}: {e}", path.display()))
+                })?;
                 out.push((
                     format!(
                         "{}.messages.json",
@@ -491,7 +506,8 @@ fn extras(
             written,
             &out,
             transcript.as_ref(),
-        )?;
+        )
+        .map_err(CopyError::Generate)?;
         out.push(v);
     }
     Ok(out)
@@ -511,6 +527,13 @@ pub fn process(ctx: &Ctx, xml: &XmlRef, opts: Options) -> Report {
         Ok(v) => v,
         Err(e) => (Outcome::Retry(format!("state I/O failed: {e}")), None),
     };
+    if matches!(
+        outcome,
+        Outcome::Finished(_) | Outcome::AlreadyDone | Outcome::Vanished
+    ) {
+        // A spool read outage of this record is over.
+        forget_report(ctx, xml.key, SPOOL_OUTAGE);
+    }
     Report {
         xml,
         record_id,
@@ -525,12 +548,9 @@ fn run(
     xml: &mut XmlRef,
     opts: Options,
 ) -> io::Result<(Outcome, Option<String>)> {
-    let root_canon = ctx
-        .roots
-        .iter()
-        .find(|(r, _)| r == &xml.root)
-        .map(|(_, c)| c.clone())
-        .unwrap_or_else(|| xml.root.clone());
+    // Every spool file is opened through a handle of the root, by its
+    // path relative to the root as configured (`xml.path` is below it).
+    let root_canon = xml.root.clone();
 
     let err_row = |w: &mut Writer<'_>, r: Option<&Record>, code: &str, desc: String| {
         let mut row = w.base(r);
@@ -540,12 +560,26 @@ fn run(
         w.row(row, "")
     };
 
+    // A spool file that cannot be read now (EACCES, EIO, ESTALE, a root
+    // not mounted...): one error row per outage, retried with backoff,
+    // never journaled as a verdict on the record.
+    let outage = |w: &mut Writer<'_>, r: Option<&Record>, code: &str, e: &dyn std::fmt::Display| {
+        let desc = format!("{e}");
+        if first_report(ctx, xml.key, SPOOL_OUTAGE) {
+            err_row(w, r, code, desc.clone())?;
+        }
+        Ok::<_, io::Error>(Outcome::Retry(desc))
+    };
+
     // 1. metadata
     let (f, size, mtime) = match open_metadata(&root_canon, xml) {
         Ok(v) => v,
         Err(OpenError::Missing(_)) => return Ok((Outcome::Vanished, None)),
-        Err(e) => {
-            err_row(w, None, "unreadable_metadata", format!("{e}"))?;
+        Err(e @ OpenError::Io { .. }) => {
+            return Ok((outage(w, None, "unreadable_metadata", &e)?, None));
+        }
+        Err(e @ OpenError::Refused { .. }) => {
+            err_row(w, None, "unsafe_path", format!("{e}"))?;
             return rejected(w, xml, None);
         }
     };
@@ -558,8 +592,7 @@ fn run(
     let (raw_xml, plain_xml) = match read_metadata(ctx, &f, xml, size) {
         Ok(v) => v,
         Err(MetadataError::Unreadable(e)) => {
-            err_row(w, None, "unreadable_metadata", format!("{e}"))?;
-            return rejected(w, xml, None);
+            return Ok((outage(w, None, "unreadable_metadata", &e)?, None));
         }
         Err(MetadataError::TooLarge) => {
             err_row(
@@ -690,7 +723,10 @@ fn run(
         match open_in_root(&root_canon, &path) {
             Ok(_) => {}
             Err(OpenError::Missing(p)) => missing.push(p),
-            Err(e) => {
+            Err(e @ OpenError::Io { .. }) => {
+                return Ok((outage(w, Some(&rec), "source_unavailable", &e)?, rid));
+            }
+            Err(e @ OpenError::Refused { .. }) => {
                 err_row(
                     w,
                     Some(&rec),
@@ -782,9 +818,15 @@ fn run(
                     forget_report(ctx, xml.key, cid);
                 }
                 Err(CopyError::Target(e)) => {
-                    let transient = e.is_transient();
+                    // A spool read error is retried like a target outage.
+                    let spool_outage =
+                        matches!(&e, TargetError::Source(s) if spool::is_transient(s));
+                    let transient = e.is_transient() || spool_outage;
                     let (code, keyish) = match &e {
                         TargetError::Conflict { .. } => ("conflict", false),
+                        TargetError::Source(_) if spool_outage => ("source_unavailable", false),
+                        // A way out of the root met while copying (a swap race).
+                        TargetError::Source(s) if spool::is_refusal(s) => ("unsafe_path", false),
                         TargetError::Source(s) if is_no_key(s) => ("no_identity", true),
                         TargetError::Source(_) => ("source_failed", false),
                         TargetError::Transient(_) => ("target_unavailable", false),
@@ -933,8 +975,7 @@ fn copy_one(
             ctx.keys.as_ref(),
             user,
             &written,
-        )
-        .map_err(CopyError::Generate)?;
+        )?;
         for (name, bytes) in extra {
             let req = PutRequest {
                 folder: dst,

@@ -1182,6 +1182,17 @@ impl<S: JournalStore> Journal<S> {
         }
     }
 
+    /// How many records were not marked since [`Journal::begin_sweep`].
+    pub fn unseen(&self) -> usize {
+        let finished: usize = self
+            .index
+            .shards
+            .iter()
+            .map(|s| s.iter().filter(|x| x.tag & SEEN == 0).count())
+            .sum();
+        finished + self.index.open.values().filter(|o| !o.seen).count()
+    }
+
     /// Drops every record not marked since [`Journal::begin_sweep`] and
     /// compacts (streamed; no copy of the index is made).
     pub fn prune_unseen(&mut self) -> io::Result<()> {

@@ -58,7 +58,13 @@ impl SpoolOpener for KeysOpener {
             .roots
             .iter()
             .find(|(r, c)| path.starts_with(r) || path.starts_with(c))
-            .map(|(_, c)| c.clone())
+            .map(|(r, c)| {
+                if path.starts_with(r) {
+                    r.clone()
+                } else {
+                    c.clone()
+                }
+            })
             .ok_or_else(|| {
                 io::Error::other(format!("{} is not inside a spool root", path.display()))
             })?;
