@@ -318,6 +318,8 @@ fn vcons_written_by_the_agent_validate() {
         );
     let cfg_path = tmp.path().join("exportd.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
+    // A folder target's root is never created by the agent (issue 13 point 6).
+    std::fs::create_dir_all(&target).unwrap();
     let out = Command::new(exportd_bin())
         .args(["run", "--until-idle", "--config"])
         .arg(&cfg_path)
