@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of the power-cut lane's guest (cross/powercut.sh puts it in the
 # initramfs). Kernel command line: pc.mode=cut|final pc.boot=K pc.seed=S
-# pc.rate=R pc.scale=F pc.bundle=NAME|-
+# pc.rate=R pc.scale=F pc.bundle=NAME|- pc.nosync=0|1
 #   cut:   mount the disk, (drop the bundle NAME into the inbox), start
 #          `exportd run` and the recorder (`exportd simulate --fsync`), print
 #          "@@PC RUNNING" and wait for the host to kill QEMU;
@@ -14,11 +14,12 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs run /run; chmod 1777 /tmp
 off() { sync; poweroff -f; echo o > /proc/sysrq-trigger; sleep 5; }
 up() { cut -d' ' -f1 /proc/uptime; }
-mode=cut; boot=0; seed=1; rate=4; scale=0.05; bundle=-
+mode=cut; boot=0; seed=1; rate=4; scale=0.05; bundle=-; nosync=0
 for a in $(cat /proc/cmdline); do
   case $a in
     pc.mode=*) mode=${a#*=} ;; pc.boot=*) boot=${a#*=} ;; pc.seed=*) seed=${a#*=} ;;
     pc.rate=*) rate=${a#*=} ;; pc.scale=*) scale=${a#*=} ;; pc.bundle=*) bundle=${a#*=} ;;
+    pc.nosync=*) nosync=${a#*=} ;;
   esac
 done
 for m in virtio_ring virtio virtio_mmio virtio_blk; do
@@ -44,7 +45,8 @@ if [ "$mode" = cut ]; then
       mv /pc/state/inbox/.$bundle /pc/state/inbox/$bundle && sync /pc/state/inbox
     echo "@@PC BUNDLE $bundle dropped up=$(up)"
   fi
-  EXPORTD_LOG=info exportd run --config $C &
+  pre=; [ "$nosync" = 1 ] && pre=/lib/libnosync.so   # the lane's self-test (NOSYNC=1)
+  EXPORTD_LOG=info LD_PRELOAD=$pre exportd run --config $C &
   exportd simulate --spool /pc/spool --rate "$rate" --duration 100000 --users 20 \
     --seed $((seed * 1000 + boot)) --size-scale "$scale" --fsync --quiet &
   echo "@@PC RUNNING boot=$boot up=$(up)"

@@ -19,7 +19,8 @@
 #   0 = never) BOOT_TIMEOUT (120 s to reach the running state) FINAL_TIMEOUT
 #   (900 s) FSCK_EACH (1: e2fsck a copy of the image after every cut)
 #   KEEP (0: keep the work dir: image, console logs) VERBOSE (0: 1 = console
-#   of every boot on stdout) SYSROOT (/usr/aarch64-linux-gnu).
+#   of every boot on stdout) SYSROOT (/usr/aarch64-linux-gnu) NOSYNC (0: 1 =
+#   self-test, the agent's fsync/fdatasync do nothing, the lane must fail).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qemu-lane}
@@ -151,6 +152,15 @@ if [ "$BUNDLE_EVERY" -gt 0 ]; then
       die "the lane's own bundle does not verify: $HOSTX bundle verify --config $W/host.toml $(ls $R/bundles/* | head -1)"
   fi
 fi
+# NOSYNC=1: the lane's self-test. The agent (not the recorder) runs with an
+# LD_PRELOAD shim whose fsync/fdatasync return 0 without syncing: the lane
+# must then FAIL (a missing fsync is what it exists to find).
+if [ "${NOSYNC:-0}" = 1 ]; then
+  command -v aarch64-linux-gnu-gcc >/dev/null || die "NOSYNC=1 needs aarch64-linux-gnu-gcc"
+  printf '%s\n' '/* powercut NOSYNC=1: fsync and fdatasync that do nothing */' \
+    'int fsync(int fd) { (void)fd; return 0; }' 'int fdatasync(int fd) { (void)fd; return 0; }' > "$W/nosync.c"
+  aarch64-linux-gnu-gcc -shared -fPIC -O1 -o $R/lib/libnosync.so "$W/nosync.c" || die "building the NOSYNC shim failed"
+fi
 cp "$HERE/powercut-init.sh" $R/init; chmod +x $R/init
 ( cd $R && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 ) | gzip -1 > $W/initrd.gz
 
@@ -171,17 +181,19 @@ ms() { date +%s%3N; }
 echo "powercut: $CUTS cuts, seed $SEED (repeat: cross/build powercut --cuts $CUTS --seed $SEED);" \
      "recorder $RATE records/s, cut 0-$MAX_DELAY_MS ms after the agent started; $nb signed bundles;" \
      "kernel $(grep linux-image "$CACHE_DIR/packages" 2>/dev/null); work dir $W"
+[ "${NOSYNC:-0}" = 1 ] && echo "powercut: NOSYNC=1: the agent runs with fsync/fdatasync disabled; this run MUST fail"
+declare -a bstart bend bdelay
 t_all=$(ms); fsck_bad=0; status=0; n_run=0; n_start=0; n_apply=0; n_exp=0
 for ((k = 1; k <= CUTS; k++)); do
   bundle=-; [ -e "$R/bundles/b$(printf %03d $k).json" ] && bundle=b$(printf %03d $k).json
   # a bundle boot: the cut within 4 s (the inbox is read at startup); else a
-  # quarter of the cuts in the first 1.5 s (startup scan, journal compaction),
+  # quarter of the cuts in the first 1 s (startup scan, journal compaction),
   # the rest anywhere up to MAX_DELAY_MS (exports in flight)
   if [ "$bundle" != - ]; then delay=$(rand 4000)
-  elif [ "$(rand 4)" = 0 ]; then delay=$(rand 1500)
+  elif [ "$(rand 4)" = 0 ]; then delay=$(rand 1000)
   else delay=$(rand "$MAX_DELAY_MS"); fi
   log=$W/boot-$k.log; t0=$(ms)
-  boot "$log" "pc.mode=cut pc.boot=$k pc.seed=$SEED pc.rate=$RATE pc.scale=$SIZE_SCALE pc.bundle=$bundle"
+  boot "$log" "pc.mode=cut pc.boot=$k pc.seed=$SEED pc.rate=$RATE pc.scale=$SIZE_SCALE pc.bundle=$bundle pc.nosync=${NOSYNC:-0}"
   until grep -q '^@@PC RUNNING' "$log" 2>/dev/null; do
     if ! kill -0 $QPID 2>/dev/null; then
       tr -d '\r' < "$log" | tail -n 30 >&2; die "boot $k: the guest stopped before running the agent (console above)"; fi
@@ -192,6 +204,7 @@ for ((k = 1; k <= CUTS; k++)); do
   t1=$(ms)
   sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
   kill -KILL $QPID; wait $QPID 2>/dev/null || true; QPID=
+  bstart[k]=$t0; bend[k]=$(ms); bdelay[k]=$delay
   # where the cut landed, from the agent's log on the console
   tr -d '\r' < "$log" > "$log.txt"
   if grep -q 'exportd ready' "$log.txt"; then phase=running; n_run=$((n_run + 1))
@@ -219,7 +232,7 @@ echo "powercut: cuts landed: $n_start during the agent's startup, $n_run while i
      "($n_apply between a bundle's acceptance and its model in force); $n_exp exports logged before the cuts"
 
 # 5. the final boot: drain, verify, run again
-log=$W/final.log; t0=$(ms)
+log=$W/final.log; t0=$(ms); t_final=$t0
 boot "$log" "pc.mode=final pc.boot=final pc.seed=$SEED"
 while kill -0 $QPID 2>/dev/null; do
   if [ $(( $(ms) - t0 )) -gt $((FINAL_TIMEOUT * 1000)) ]; then
@@ -233,6 +246,10 @@ tr -d '\r' < "$log" > "$log.txt"
 res=$(grep '^@@PC RESULT' "$log.txt" | tail -1 || true)
 echo "powercut: final boot $(( $(ms) - t0 )) ms: ${res#@@PC RESULT }"
 grep -E '^@@PC (INBOX|NOTE)' "$log.txt" | sed 's/^@@PC /powercut: /' || true
+if grep -q '^@@PC INBOX .*left=\[..*\]' "$log.txt"; then
+  echo "powercut: FAILED: bundles still in the inbox after the final run (neither accepted nor rejected; the agent's log in the boot logs says why)"
+  status=1
+fi
 if [ -z "$res" ] || ! grep -q '^@@PC DONE' "$log.txt"; then
   echo "powercut: FAILED: the final boot did not finish (console: KEEP=1, $log.txt); last lines:"
   tail -n 30 "$log.txt"; status=1
@@ -261,7 +278,30 @@ set +e
 "$CHECKER" --config "$W/host.toml" > "$W/check.txt" 2>&1; crc=$?
 "$HOSTX" audit verify --config "$W/host.toml" > "$W/verify-host.txt" 2>&1; hvrc=$?
 set -e
-grep -v '^counts: ' "$W/check.txt" | sed 's/^/powercut: /' || true
+boot_of() {  # "YYYY.MM.DD HH:MM:SS.mmm" (UTC, an audit row's ts): the boot it was written in
+  local t j; t=$(date -u -d "$(sed 's/^\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\)/\1-\2-\3/' <<<"$1")" +%s%3N 2>/dev/null) || { echo "?"; return; }
+  for ((j = 1; j <= CUTS; j++)); do
+    if [ "$t" -ge "${bstart[j]}" ] && [ "$t" -le "${bend[j]}" ]; then
+      if grep -q "exported record=\"$2\"" "$W/boot-$j.log.txt"; then echo "boot $j"
+      else echo "boot $j, cut ${bdelay[j]} ms after the agent started, before its 'exported' log line"; fi
+      return; fi
+  done
+  [ "$t" -ge "$t_final" ] && { echo "the final boot"; return; }
+  echo "between boots?"
+}
+while IFS= read -r line; do
+  echo "powercut: $line"
+  case $line in
+    DUPLICATE\ record\ *) rec=${line#DUPLICATE record }; rec=${rec%% *}; n=0
+      IFS=, read -ra tss <<<"${line##*rows at }"
+      for ts in "${tss[@]}"; do n=$((n + 1)); echo "powercut:   row $n (${ts# }): $(boot_of "${ts# }" "$rec")"; done ;;
+  esac
+done < <(grep -v '^counts: ' "$W/check.txt" || true)
+if grep -q '^DUPLICATE' "$W/check.txt"; then
+  echo "powercut: a DUPLICATE whose first row was written in a boot cut before the record's 'exported' line:" \
+       "the cut fell after the audit row was durable and before the journal entry was (the crash window of" \
+       "README 'Crash window', issue 13 'one export row per copy'); the next boot found the same bytes and wrote a second row"
+fi
 counts=$(sed -n 's/^counts: //p' "$W/check.txt")
 [ -n "$counts" ] || { cat "$W/check.txt"; die "the checker gave no counts (exit $crc)"; }
 echo "powercut: checker: $counts"

@@ -313,14 +313,14 @@ fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
             .entry((d.record_id.clone(), d.policy_id.clone(), d.folder.clone()))
             .or_default() += 1;
     }
-    let mut got: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    let mut got: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.len() == 16) {
         rep.add("audit_rows", 1);
         if r[10] == "export" {
             rep.add("export_rows", 1);
             got.entry((r[1].clone(), r[6].clone(), r[9].clone()))
                 .or_default()
-                .push(r[13].clone());
+                .push((r[13].clone(), r[0].clone()));
         }
     }
     for r in rows.iter().filter(|r| r.len() != 16) {
@@ -338,19 +338,21 @@ fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
             );
         } else if have.len() > *want {
             rep.add("extra_audit_rows", have.len() - want);
+            let times: Vec<&str> = have.iter().map(|(_, ts)| ts.as_str()).collect();
             rep.problem(
                 "DUPLICATE",
                 format!(
-                    "record {} policy {} folder {}: {} export rows, want {want}",
+                    "record {} policy {} folder {}: {} export rows, want {want}; rows at {}",
                     k.0,
                     k.1,
                     k.2,
-                    have.len()
+                    have.len(),
+                    times.join(", ")
                 ),
             );
         }
         if let Some(h) = listing.get(k) {
-            for s in have.iter().filter(|s| *s != h) {
+            for (s, _) in have.iter().filter(|(s, _)| s != h) {
                 rep.problem(
                     "ROW-SHA",
                     format!(
