@@ -289,8 +289,11 @@ fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
         let opt = optional.remove(root).unwrap_or_default();
         let have = files_below(root)?;
         for f in have {
-            if f.starts_with("exportd-audit/") || f.starts_with("compliance-exports/") {
-                continue; // the audit checkpoints, requests: not copies
+            if f.starts_with("exportd-audit/")
+                || f.starts_with("compliance-exports/")
+                || (f.starts_with(".exportd-target") && !f.contains('/'))
+            {
+                continue; // audit checkpoints, requests, the target's marker: not copies
             }
             if f.contains("exportd-tmp") {
                 rep.problem("TEMP", format!("{}/{f}", root.display()));
