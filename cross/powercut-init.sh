@@ -1,7 +1,11 @@
 #!/bin/busybox sh
 # /init of the power-cut lane's guest (cross/powercut.sh puts it in the
 # initramfs). Kernel command line: pc.mode=cut|final pc.boot=K pc.seed=S
-# pc.rate=R pc.scale=F pc.bundle=NAME|- pc.nosync=0|1
+# pc.rate=R pc.scale=F pc.bundle=NAME|- pc.nosync=0|1 pc.cutus=US|-
+#   pc.cutus: cut the power from inside (sysrq b: reboot without syncing, as
+#   the host's SIGKILL of QEMU) US microseconds after the agent's journal
+#   compaction created its temp journal (any new or changed
+#   <state_dir>/journal*tmp*), to land cuts inside the compaction
 #   cut:   mount the disk, (drop the bundle NAME into the inbox), start
 #          `exportd run` and the recorder (`exportd simulate --fsync`), print
 #          "@@PC RUNNING" and wait for the host to kill QEMU;
@@ -14,12 +18,12 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs run /run; chmod 1777 /tmp
 off() { sync; poweroff -f; echo o > /proc/sysrq-trigger; sleep 5; }
 up() { cut -d' ' -f1 /proc/uptime; }
-mode=cut; boot=0; seed=1; rate=4; scale=0.05; bundle=-; nosync=0
+mode=cut; boot=0; seed=1; rate=4; scale=0.05; bundle=-; nosync=0; cutus=-
 for a in $(cat /proc/cmdline); do
   case $a in
     pc.mode=*) mode=${a#*=} ;; pc.boot=*) boot=${a#*=} ;; pc.seed=*) seed=${a#*=} ;;
     pc.rate=*) rate=${a#*=} ;; pc.scale=*) scale=${a#*=} ;; pc.bundle=*) bundle=${a#*=} ;;
-    pc.nosync=*) nosync=${a#*=} ;;
+    pc.nosync=*) nosync=${a#*=} ;; pc.cutus=*) cutus=${a#*=} ;;
   esac
 done
 for m in virtio_ring virtio virtio_mmio virtio_blk; do
@@ -44,6 +48,20 @@ if [ "$mode" = cut ]; then
     cp /bundles/$bundle /pc/state/inbox/.$bundle && sync -d /pc/state/inbox/.$bundle &&
       mv /pc/state/inbox/.$bundle /pc/state/inbox/$bundle && sync /pc/state/inbox
     echo "@@PC BUNDLE $bundle dropped up=$(up)"
+  fi
+  if [ "$cutus" != - ]; then
+    # a temp journal left by an earlier cut is not a new compaction: compare
+    was=$(for f in /pc/state/journal*tmp*; do [ -e "$f" ] && stat -c '%n %i %s %y' "$f"; done)
+    ( while :; do
+        for f in /pc/state/journal*tmp*; do
+          [ -e "$f" ] || continue
+          now=$(stat -c '%n %i %s %y' "$f" 2>/dev/null) || continue
+          case "$was" in *"$now"*) continue ;; esac
+          echo "@@PC CUT ${cutus} us after the journal compaction created ${f##*/}"
+          usleep "$cutus"
+          echo b > /proc/sysrq-trigger
+        done
+      done ) &
   fi
   pre=; [ "$nosync" = 1 ] && pre=/lib/libnosync.so   # the lane's self-test (NOSYNC=1)
   EXPORTD_LOG=info LD_PRELOAD=$pre exportd run --config $C &

@@ -16,7 +16,8 @@
 #   SMP (2) CPU (cortex-a72) IMG_MB (256) RATE (records/s of the recorder, 4)
 #   SIZE_SCALE (0.05) MAX_DELAY_MS (15000: latest cut after the agent started)
 #   BUNDLE_EVERY (4: every 4th boot drops a signed bundle into the inbox;
-#   0 = never) BOOT_TIMEOUT (120 s to reach the running state) FINAL_TIMEOUT
+#   0 = never) COMPACT_EVERY (4: every 4th boot, 4, 8, ..., the guest cuts
+#   itself 0-30 ms after the startup journal compaction began; 0 = never) BOOT_TIMEOUT (120 s to reach the running state) FINAL_TIMEOUT
 #   (900 s) FSCK_EACH (1: e2fsck a copy of the image after every cut)
 #   KEEP (0: keep the work dir: image, console logs) VERBOSE (0: 1 = console
 #   of every boot on stdout) SYSROOT (/usr/aarch64-linux-gnu) NOSYNC (0: 1 =
@@ -26,7 +27,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qemu-lane}
 MEM=${MEM:-512}; SMP=${SMP:-2}; CPU=${CPU:-cortex-a72}; IMG_MB=${IMG_MB:-256}
 RATE=${RATE:-4}; SIZE_SCALE=${SIZE_SCALE:-0.05}; MAX_DELAY_MS=${MAX_DELAY_MS:-15000}
-BUNDLE_EVERY=${BUNDLE_EVERY:-4}; BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
+BUNDLE_EVERY=${BUNDLE_EVERY:-4}; COMPACT_EVERY=${COMPACT_EVERY:-4}; BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
 FINAL_TIMEOUT=${FINAL_TIMEOUT:-900}; FSCK_EACH=${FSCK_EACH:-1}
 KEEP=${KEEP:-0}; VERBOSE=${VERBOSE:-0}; SYSROOT=${SYSROOT:-/usr/aarch64-linux-gnu}
 USERS=20
@@ -183,7 +184,7 @@ echo "powercut: $CUTS cuts, seed $SEED (repeat: cross/build powercut --cuts $CUT
      "kernel $(grep linux-image "$CACHE_DIR/packages" 2>/dev/null); work dir $W"
 [ "${NOSYNC:-0}" = 1 ] && echo "powercut: NOSYNC=1: the agent runs with fsync/fdatasync disabled; this run MUST fail"
 declare -a bstart bend bdelay
-t_all=$(ms); fsck_bad=0; status=0; n_run=0; n_start=0; n_apply=0; n_exp=0
+t_all=$(ms); fsck_bad=0; status=0; n_run=0; n_start=0; n_apply=0; n_exp=0; n_compact=0
 for ((k = 1; k <= CUTS; k++)); do
   bundle=-; [ -e "$R/bundles/b$(printf %03d $k).json" ] && bundle=b$(printf %03d $k).json
   # a bundle boot: the cut within 4 s (the inbox is read at startup); else a
@@ -192,8 +193,14 @@ for ((k = 1; k <= CUTS; k++)); do
   if [ "$bundle" != - ]; then delay=$(rand 4000)
   elif [ "$(rand 4)" = 0 ]; then delay=$(rand 1000)
   else delay=$(rand "$MAX_DELAY_MS"); fi
+  # every COMPACT_EVERY-th boot the guest cuts itself (sysrq b: reboot without
+  # sync, QEMU exits) CUTUS microseconds after the agent's startup journal
+  # compaction created its new journal file; the host's kill stays the fallback
+  cutus=-; if [ "$COMPACT_EVERY" -gt 0 ] && [ $((k % COMPACT_EVERY)) = 0 ] && [ "$bundle" = - ]; then
+    cutus=$(rand 30000); fi
   log=$W/boot-$k.log; t0=$(ms)
-  boot "$log" "pc.mode=cut pc.boot=$k pc.seed=$SEED pc.rate=$RATE pc.scale=$SIZE_SCALE pc.bundle=$bundle pc.nosync=${NOSYNC:-0}"
+  boot "$log" "pc.mode=cut pc.boot=$k pc.seed=$SEED pc.rate=$RATE pc.scale=$SIZE_SCALE pc.bundle=$bundle" \
+    "pc.nosync=${NOSYNC:-0} pc.cutus=$cutus"
   until grep -q '^@@PC RUNNING' "$log" 2>/dev/null; do
     if ! kill -0 $QPID 2>/dev/null; then
       tr -d '\r' < "$log" | tail -n 30 >&2; die "boot $k: the guest stopped before running the agent (console above)"; fi
@@ -202,13 +209,20 @@ for ((k = 1; k <= CUTS; k++)); do
     sleep 0.05
   done
   t1=$(ms)
-  sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
-  kill -KILL $QPID; wait $QPID 2>/dev/null || true; QPID=
+  while kill -0 $QPID 2>/dev/null && [ $(( $(ms) - t1 )) -lt "$delay" ]; do sleep 0.02; done
+  self_cut=0; kill -0 $QPID 2>/dev/null || self_cut=1   # QEMU exited: the guest cut itself
+  kill -KILL $QPID 2>/dev/null || true; wait $QPID 2>/dev/null || true; QPID=
   bstart[k]=$t0; bend[k]=$(ms); bdelay[k]=$delay
   # where the cut landed, from the agent's log on the console
   tr -d '\r' < "$log" > "$log.txt"
-  if grep -q 'exportd ready' "$log.txt"; then phase=running; n_run=$((n_run + 1))
+  if [ "$self_cut" = 1 ] && [ "$cutus" != - ]; then
+    phase="cut by the guest (sysrq b) ${cutus} us after the journal compaction began"; n_compact=$((n_compact + 1))
+    delay=$(( bend[k] - t1 )); bdelay[k]=$delay   # about: when the host saw QEMU exit
+  elif [ "$self_cut" = 1 ]; then
+    tail -n 30 "$log.txt" >&2; die "boot $k: the guest stopped by itself (console above)"
+  elif grep -q 'exportd ready' "$log.txt"; then phase=running; n_run=$((n_run + 1))
   else phase="startup (scan, compaction, inbox)"; n_start=$((n_start + 1)); fi
+  [ "$cutus" = - ] || [ "$self_cut" = 1 ] || phase="$phase (no compaction seen before the host's cut)"
   if [ "$bundle" != - ]; then
     if grep -q 'configuration version' "$log.txt"; then phase="$phase, bundle $bundle applied"
     elif grep -q 'inbox bundle accepted' "$log.txt"; then phase="$phase, IN bundle $bundle apply"; n_apply=$((n_apply + 1))
@@ -228,8 +242,9 @@ for ((k = 1; k <= CUTS; k++)); do
   [ "$VERBOSE" = 1 ] && cat "$log.txt"
 done
 
-echo "powercut: cuts landed: $n_start during the agent's startup, $n_run while it ran" \
-     "($n_apply between a bundle's acceptance and its model in force); $n_exp exports logged before the cuts"
+echo "powercut: cuts landed: $n_start during the agent's startup, $n_compact in its startup journal compaction" \
+     "(guest-triggered), $n_run while it ran ($n_apply between a bundle's acceptance and its model in force);" \
+     "$n_exp exports logged before the cuts"
 
 # 5. the final boot: drain, verify, run again
 log=$W/final.log; t0=$(ms); t_final=$t0
