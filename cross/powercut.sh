@@ -66,8 +66,14 @@ fetch_kernel() {  # the same files and layout as cross/qemu-lane.sh, plus module
       awk '/Depends: linux-image-/{print $2; exit}')
   [ -n "$pkg" ] || die "cannot resolve the kernel package (dpkg --add-architecture arm64?)"
   dl=$(mktemp -d)
-  ( cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static:arm64 ) >&2 ||
-    { rm -rf "$dl"; die "apt-get download $pkg failed"; }
+  if ! ( cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static:arm64 ) >&2; then
+    # the cached kernel's version left the archive: take the current one, for both lanes
+    pkg=$(apt-cache depends linux-image-cloud-arm64:arm64 | awk '/Depends: linux-image-/{print $2; exit}')
+    echo "powercut: cannot download the cached kernel's package; replacing the cache with $pkg" >&2
+    rm -f "$CACHE_DIR/vmlinuz" "$dl"/*.deb
+    ( cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static:arm64 ) >&2 ||
+      { rm -rf "$dl"; die "apt-get download $pkg failed"; }
+  fi
   mkdir "$dl/x"; for d in "$dl"/*.deb; do dpkg-deb -x "$d" "$dl/x"; done
   mkdir -p "$CACHE_DIR/modules.tmp"
   for m in virtio_ring virtio virtio_mmio virtio_blk; do
@@ -80,9 +86,12 @@ fetch_kernel() {  # the same files and layout as cross/qemu-lane.sh, plus module
     cp "$dl"/x/boot/config-* "$CACHE_DIR/config"; ls "$dl"/*.deb | xargs -n1 basename > "$CACHE_DIR/packages"
     mv "$CACHE_DIR/vmlinuz.tmp" "$CACHE_DIR/vmlinuz"
   fi
+  grep linux-image "$CACHE_DIR/packages" > "$CACHE_DIR/modules.tmp/package"
   rm -rf "$CACHE_DIR/modules"; mv "$CACHE_DIR/modules.tmp" "$CACHE_DIR/modules"; rm -rf "$dl"
 }
-[ -s "$CACHE_DIR/vmlinuz" ] && [ -s "$CACHE_DIR/busybox" ] && [ -s "$CACHE_DIR/modules/virtio_blk.ko" ] ||
+# modules/package names the kernel package the modules came from: it must be vmlinuz's
+[ -s "$CACHE_DIR/vmlinuz" ] && [ -s "$CACHE_DIR/busybox" ] && [ -s "$CACHE_DIR/modules/virtio_blk.ko" ] &&
+  [ "$(cat "$CACHE_DIR/modules/package" 2>/dev/null)" = "$(grep linux-image "$CACHE_DIR/packages" 2>/dev/null)" ] ||
   fetch_kernel
 
 # 2. work dir: image content, host-side config, bundles
