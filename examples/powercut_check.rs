@@ -47,6 +47,8 @@ struct Due {
 #[derive(Default)]
 struct Report {
     counts: BTreeMap<&'static str, usize>,
+    /// (record, policy, folder) of every copy missing a file or its row.
+    lost: BTreeSet<(String, String, String)>,
 }
 
 impl Report {
@@ -237,6 +239,8 @@ fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
                         );
                     }
                     lost = true;
+                    rep.lost
+                        .insert((d.record_id.clone(), d.policy_id.clone(), d.folder.clone()));
                     continue;
                 }
             };
@@ -332,6 +336,7 @@ fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
     for (k, want) in &per_copy {
         let have = got.remove(k).unwrap_or_default();
         if have.is_empty() {
+            rep.lost.insert(k.clone());
             rep.problem(
                 "UNAUDITED",
                 format!(
@@ -403,9 +408,9 @@ fn main() -> ExitCode {
         eprintln!("powercut_check: {e}");
         return ExitCode::from(2);
     }
-    // lost: a due copy missing a file or its export row; duplicated: copies
+    // lost: due copies missing a file or their export row (each counted once); duplicated: copies
     // with more than one export row; partial: wrong bytes under a final name.
-    let lost = rep.get("LOST") + rep.get("UNAUDITED");
+    let lost = rep.lost.len();
     let fields = [
         ("due", rep.get("due_copies")),
         ("files", rep.get("files_checked")),
