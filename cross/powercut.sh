@@ -305,7 +305,9 @@ set -e
 boot_of() {  # "YYYY.MM.DD HH:MM:SS.mmm" (UTC, an audit row's ts): the boot it was written in
   local t j; t=$(date -u -d "$(sed 's/^\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\)/\1-\2-\3/' <<<"$1")" +%s%3N 2>/dev/null) || { echo "?"; return; }
   for ((j = 1; j <= CUTS; j++)); do
-    if [ "$t" -ge "${bstart[j]}" ] && [ "$t" -le "${bend[j]}" ]; then
+    # the guest's clock runs up to ~0.5 s off the host's (RTC at QEMU start):
+    # 2 s of slack, far less than a boot takes to reach the agent
+    if [ "$t" -ge "${bstart[j]}" ] && [ "$t" -le $(( bend[j] + 2000 )) ]; then
       if grep -q "exported record=\"$2\"" "$W/boot-$j.log.txt"; then echo "boot $j"
       else echo "boot $j, cut ${bdelay[j]} ms after the agent started, before its 'exported' log line"; fi
       return; fi
