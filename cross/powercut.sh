@@ -206,7 +206,7 @@ for ((k = 1; k <= CUTS; k++)); do
   # sync, QEMU exits) CUTUS microseconds after the agent's startup journal
   # compaction created its new journal file; the host's kill stays the fallback
   cutus=-; if [ "$COMPACT_EVERY" -gt 0 ] && [ $((k % COMPACT_EVERY)) = 0 ] && [ "$bundle" = - ]; then
-    cutus=$(rand 30000); fi
+    cutus=$(rand 30000); delay=$MAX_DELAY_MS; fi   # the host's kill only if the guest missed it
   log=$W/boot-$k.log; t0=$(ms)
   boot "$log" "pc.mode=cut pc.boot=$k pc.seed=$SEED pc.rate=$RATE pc.scale=$SIZE_SCALE pc.bundle=$bundle" \
     "pc.nosync=${NOSYNC:-0} pc.cutus=$cutus"
