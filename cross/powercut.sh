@@ -270,6 +270,11 @@ tr -d '\r' < "$log" > "$log.txt"
 res=$(grep '^@@PC RESULT' "$log.txt" | tail -1 || true)
 echo "powercut: final boot $(( $(ms) - t0 )) ms: ${res#@@PC RESULT }"
 grep -E '^@@PC (INBOX|NOTE)' "$log.txt" | sed 's/^@@PC /powercut: /' || true
+if grep -q '^@@PC INBOX rejected .*already in force' "$log.txt"; then
+  echo "powercut: WARNING: a bundle was put in force, then reported rejected as a replay: a cut fell between the" \
+       "apply (version state durable) and the move to inbox/accepted/, and the next start read the file again" \
+       "(a 'config' row and status say 'rejected' for the version in force; no copy is affected)"
+fi
 if grep -q '^@@PC INBOX .*left=\[..*\]' "$log.txt"; then
   echo "powercut: FAILED: bundles still in the inbox after the final run (neither accepted nor rejected; the agent's log in the boot logs says why)"
   status=1
