@@ -85,6 +85,11 @@ pub struct SimOptions {
     pub progress: bool,
     /// Encrypt content and metadata to this recipient (age).
     pub encrypt: Option<std::sync::Arc<EncryptFn>>,
+    /// Write like a careful recorder: fsync every file before closing it and
+    /// its folder (and new parent folders) before the metadata XML is
+    /// written, then the folder again once the XML is in place (the
+    /// power-cut lane: a record whose XML survived a cut has its content).
+    pub fsync: bool,
 }
 
 /// Wraps a writer in an encrypting one; `finish` must be called by the returned writer's drop or explicitly.
@@ -96,7 +101,8 @@ pub trait FinishWrite: Write {
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
-struct Plain(File);
+/// A plain file; `.1`: fsync it before it is closed.
+struct Plain(File, bool);
 impl Write for Plain {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         self.0.write(b)
@@ -107,6 +113,9 @@ impl Write for Plain {
 }
 impl FinishWrite for Plain {
     fn finish(self: Box<Self>) -> io::Result<()> {
+        if self.1 {
+            self.0.sync_all()?;
+        }
         Ok(())
     }
 }
@@ -124,6 +133,7 @@ impl Default for SimOptions {
             log: None,
             progress: false,
             encrypt: None,
+            fsync: false,
         }
     }
 }
@@ -175,7 +185,7 @@ fn write_file(
     };
     let mut w: Box<dyn FinishWrite> = match &opts.encrypt {
         Some(enc) => enc(f)?,
-        None => Box::new(Plain(f)),
+        None => Box::new(Plain(f, opts.fsync)),
     };
     {
         let mut bw = io::BufWriter::with_capacity(64 << 10, &mut w);
@@ -234,7 +244,19 @@ pub fn write_record(
     let dir = opts
         .spool
         .join(format!("{:04}/{:02}/{:02}", c.year, c.month, c.day));
+    let new_dir = !dir.is_dir();
     fs::create_dir_all(&dir)?;
+    if opts.fsync && new_dir {
+        // The new folders' entries, up to the spool root.
+        let mut d = dir.parent();
+        while let Some(p) = d {
+            File::open(p)?.sync_all()?;
+            if p == opts.spool {
+                break;
+            }
+            d = p.parent();
+        }
+    }
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         rng.next_u64() as u32,
@@ -397,6 +419,10 @@ pub fn write_record(
         rng.below(100),
         xml_escape(&ext),
     );
+    if opts.fsync {
+        // The content files' names are durable before the XML exists.
+        File::open(&dir)?.sync_all()?;
+    }
     let final_path = dir.join(format!("{base}.xml"));
     let xml_path = if rng.chance(50) {
         let tmp = dir.join(format!(".{base}.xml.tmp"));
@@ -411,6 +437,9 @@ pub fn write_record(
     } else {
         write_file(opts, &final_path, &mut |w| w.write_all(xml.as_bytes()))?
     };
+    if opts.fsync {
+        File::open(&dir)?.sync_all()?;
+    }
     Ok((xml_path, bytes, modality))
 }
 

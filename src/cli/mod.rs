@@ -20,7 +20,7 @@ USAGE:
     exportd audit verify --config FILE
     exportd simulate --spool DIR [--count N | --rate R --duration S]
                      [--encrypt-to RECIPIENT] [--users N] [--seed N]
-                     [--size-scale F] [--log FILE] [--quiet]
+                     [--size-scale F] [--log FILE] [--fsync] [--quiet]
     exportd demo [--records N] [--keep]
     exportd request submit --config FILE REQUEST.json [--detach]
     exportd request status --config FILE [ID] [--json]
@@ -48,6 +48,7 @@ struct Args {
     seed: Option<u64>,
     size_scale: Option<f64>,
     log: Option<PathBuf>,
+    fsync: bool,
     quiet: bool,
     records: Option<u64>,
     keep: bool,
@@ -76,6 +77,7 @@ fn parse() -> Result<Args> {
         seed: None,
         size_scale: None,
         log: None,
+        fsync: false,
         quiet: false,
         records: None,
         keep: false,
@@ -104,6 +106,7 @@ fn parse() -> Result<Args> {
             Long("seed") => a.seed = Some(p.value()?.parse()?),
             Long("size-scale") => a.size_scale = Some(p.value()?.parse()?),
             Long("log") => a.log = Some(p.value()?.into()),
+            Long("fsync") => a.fsync = true,
             Long("quiet") | Short('q') => a.quiet = true,
             Long("records") => a.records = Some(p.value()?.parse()?),
             Long("keep") => a.keep = true,
@@ -435,6 +438,7 @@ fn simulate(a: &Args) -> Result<i32> {
         log: a.log.clone(),
         progress: !a.quiet,
         encrypt,
+        fsync: a.fsync,
     };
     let s = exportd::simulate::simulate(&opts)
         .with_context(|| format!("writing records into {}", opts.spool.display()))?;
