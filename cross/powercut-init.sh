@@ -38,7 +38,7 @@ if [ "$mode" = cut ]; then
   # A folder target may need its marker (`exportd target init`, where the
   # binary has it): written once, before the first run.
   if [ ! -e /pc/.target-init-tried ] && exportd --help 2>&1 | grep -q 'target init'; then
-    exportd target init --config $C archive > /tmp/ti.log 2>&1 || exportd target init --config $C >> /tmp/ti.log 2>&1
+    exportd target init --config $C --target archive > /tmp/ti.log 2>&1
     echo "@@PC NOTE target init: $(tr '\n' ' ' < /tmp/ti.log)"
     touch /pc/.target-init-tried; sync
   fi
