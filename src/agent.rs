@@ -67,6 +67,9 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
+    /// The state directory is locked by another exportd, or cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::state_lock::LockError),
     /// Audit log problem.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -313,6 +316,9 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
     // The compiled snapshot holds what matching needs: the inline users (up to
     // 100,000) are not parsed here, nor kept. Requests re-read the model.
     let (cfg, cfg_sha256) = LocalConfig::load_head(cfg_path)?;
+    // One state-writing process per state_dir, for this process's whole life
+    // (taken before anything in the state_dir is opened or written).
+    let _state_lock = crate::state_lock::lock_exclusive(&cfg.state_dir)?;
     let ctx = make_ctx(cfg_path, &cfg, &cfg_sha256)?;
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
