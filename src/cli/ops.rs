@@ -244,7 +244,20 @@ pub fn bundle_verify(config: &Option<PathBuf>, rest: &[OsString]) -> Result<i32>
         println!("signature {}: {what}", s.keyid);
     }
     println!("version in force: {}", r.version_in_force);
-    match &r.verdict {
+    // The daemon builds the model before committing it: so does the verdict.
+    let verdict = match r.verdict {
+        Ok(exportd::bundle::Accepted::Config(c)) => {
+            match exportd::agent::prepare_model(&c.model, "verify", &cfg.spool) {
+                Ok(_) => Ok(exportd::bundle::Accepted::Config(c)),
+                Err(reason) => Err(exportd::bundle::BundleError::CannotApply {
+                    version: c.version,
+                    reason,
+                }),
+            }
+        }
+        other => other,
+    };
+    match &verdict {
         Ok(a) => {
             println!("verdict: would be applied ({})", a.audit_id());
             Ok(0)
