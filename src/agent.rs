@@ -87,6 +87,16 @@ pub enum AgentError {
     /// inotify or runtime setup failed.
     #[error("{0}")]
     Runtime(String),
+    /// A folder target of the model in force overlaps a spool root.
+    #[error(
+        "the model in force (version {version}) is refused: {problems}; the spool is never written: fix the target's path"
+    )]
+    SpoolOverlap {
+        /// The model's version.
+        version: u64,
+        /// Each overlap.
+        problems: String,
+    },
 }
 
 /// The policy model in force: the last accepted central bundle, else the
@@ -186,6 +196,18 @@ pub fn spool_overlap_problems(targets: &[TargetSpec], spool: &[PathBuf]) -> Vec<
         .into_iter()
         .map(|e| e.0)
         .collect()
+}
+
+/// Refuses a snapshot with a folder target overlapping a spool root.
+fn check_spool_overlap(snap: &Snapshot, spool: &[PathBuf]) -> Result<(), AgentError> {
+    let problems = spool_overlap_problems(snap.targets(), spool);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(AgentError::SpoolOverlap {
+        version: snap.version(),
+        problems: problems.join("; "),
+    })
 }
 
 /// A configuration ready to be put in force: its snapshot compiled (and
@@ -431,6 +453,10 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
     // (taken before anything in the state_dir is opened or written).
     let _state_lock = crate::state_lock::lock_exclusive(&cfg.state_dir)?;
     let ctx = make_ctx(cfg_path, &cfg, &cfg_sha256)?;
+    // The same check as for a pushed bundle, resolved: also catches a model
+    // in force from before it, and a local target reaching the spool through
+    // a symbolic link.
+    check_spool_overlap(&ctx.snap, &cfg.spool)?;
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
         Err(e) => {
@@ -1296,6 +1322,7 @@ impl Agent {
     }
 
     fn swap_snapshot(&mut self, snap: Snapshot) -> Result<(), AgentError> {
+        check_spool_overlap(&snap, &self.cfg.spool)?;
         let targets = build_targets(&snap)?;
         self.swap_in(snap, targets);
         Ok(())

@@ -213,3 +213,25 @@ fn a_bundle_whose_folder_target_is_the_spool_is_rejected() {
     assert!(!a.spool.join("archive").exists());
     restart_keeps_the_old_model(&a, &mut d);
 }
+
+#[test]
+fn a_local_target_reaching_the_spool_through_a_symlink_is_refused_at_start() {
+    let a = Appliance::new(0);
+    let link = a.dir.path().join("nas");
+    std::os::unix::fs::symlink(&a.spool, &link).unwrap();
+    let mut c = a.head(1);
+    c.push_str(&format!(
+        "[[targets]]\nid = \"t0\"\nkind = \"fs\"\npath = \"{}\"\n\n",
+        link.join("archive").display()
+    ));
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+    Rec::voice("r1", "100").write(&a.spool.join("2026/11/21"));
+    let before = tree_state(&a.spool);
+    let out = a.run_until_idle();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("overlaps spool root"), "{err}");
+    assert_eq!(tree_state(&a.spool), before, "the spool is never written");
+}
