@@ -237,6 +237,30 @@ impl Transcript {
         })
     }
 
+    /// Parses a transcript XML from a reader (e.g. [`stream::xml_reader`]):
+    /// the file is not held in memory, but every message is.
+    pub fn from_xml<R: BufRead>(xml: R) -> Result<Transcript, ImError> {
+        let mut p = Parser::new(xml);
+        let mut messages = Vec::new();
+        let mut attachments = Vec::new();
+        while let Some(item) = p.next_item()? {
+            match item {
+                Item::Message(m) => messages.push(m),
+                Item::Attachment(a) => attachments.push(a),
+            }
+        }
+        let h = p.finish()?;
+        Ok(Transcript {
+            conversation_id: h.conversation_id,
+            kind: h.kind,
+            title: h.title,
+            owner: h.owner,
+            participants: h.participants,
+            messages,
+            attachments,
+        })
+    }
+
     /// Opens and parses a plaintext `.im` file through a read-only memory map.
     ///
     /// Files over [`MAX_TRANSCRIPT_BYTES`] are refused before mapping.
