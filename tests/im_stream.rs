@@ -192,6 +192,58 @@ fn streamed_refusals_match_the_in_memory_ones() {
     }
 }
 
+/// A ZIP written to a pipe: sizes and CRC in a data descriptor after the data.
+fn streamed_zip(xml: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut w = zip::ZipWriter::new_stream(&mut out);
+        w.start_file(
+            "transcript.xml",
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated),
+        )
+        .unwrap();
+        w.write_all(xml).unwrap();
+        w.finish().unwrap();
+    }
+    out
+}
+
+#[test]
+fn zips_with_a_data_descriptor_stream_too() {
+    let z = streamed_zip(XML.as_bytes());
+    assert_ne!(
+        u16::from_le_bytes([z[6], z[7]]) & 8,
+        0,
+        "a data descriptor is used"
+    );
+    same(&z, "data descriptor");
+    // A corrupt descriptor CRC is refused, as in memory.
+    let mut bad = z.clone();
+    let cd = bad.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+    let dd = bad[..cd]
+        .windows(4)
+        .rposition(|w| w == b"PK\x07\x08")
+        .unwrap();
+    bad[dd + 4] ^= 0xFF;
+    assert!(via_stream(&bad, 7).is_err());
+    // A second entry after the first is refused.
+    let two = {
+        let mut out = Vec::new();
+        {
+            let mut w = zip::ZipWriter::new_stream(&mut out);
+            for name in ["transcript.xml", "x.bin"] {
+                w.start_file(name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                w.write_all(XML.as_bytes()).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        out
+    };
+    same(&two, "two entries, data descriptors");
+}
+
 #[test]
 fn a_corrupt_entry_is_refused_by_its_checksum() {
     // Flip a byte inside the stored data: the in-memory reader and the

@@ -183,7 +183,7 @@ fn zip_from_file<'a>(f: File) -> Result<Box<dyn Read + 'a>, ImError> {
         declared,
         compressed,
         crc,
-        false,
+        Trailer::None,
     )))
 }
 
@@ -240,12 +240,16 @@ fn zip_from_stream<'a>(mut s: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 'a>, 
     if flags & 1 != 0 {
         return Err(ImError::Encrypted("transcript.xml".into()));
     }
-    if flags & 8 != 0 {
+    // Sizes and CRC after the data (a data descriptor): only a deflated
+    // entry can be streamed then (deflate marks its own end).
+    let dd = flags & 8 != 0 && compressed == 0 && declared == 0;
+    if dd && method != 8 {
         return Err(ImError::Zip(
-            "the entry's sizes follow its data (data descriptor): not supported in an encrypted transcript".into(),
+            "a stored entry whose size follows its data cannot be streamed".into(),
         ));
     }
-    if compressed == 0xFFFF_FFFF || declared == 0xFFFF_FFFF {
+    let zip64 = compressed == 0xFFFF_FFFF || declared == 0xFFFF_FFFF;
+    if zip64 {
         // ZIP64: the sizes are in extra field 0x0001.
         let mut i = 0;
         while i + 4 <= extra.len() {
@@ -281,16 +285,45 @@ fn zip_from_stream<'a>(mut s: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 'a>, 
             "compression method {method} not supported"
         )));
     }
+    if dd {
+        return Ok(Box::new(Entry::new(
+            s,
+            method,
+            MAX_TRANSCRIPT_BYTES,
+            u64::MAX,
+            crc,
+            Trailer::DescriptorThenDirectory { zip64 },
+        )));
+    }
     check_bomb(declared, compressed)?;
     Ok(Box::new(Entry::new(
-        s, method, declared, compressed, crc, true,
+        s,
+        method,
+        declared,
+        compressed,
+        crc,
+        Trailer::Directory,
     )))
 }
 
+type Raw<'a> = io::Take<Box<dyn Read + 'a>>;
+
 enum Body<'a> {
-    Stored(io::Take<Box<dyn Read + 'a>>),
-    Deflate(flate2::read::DeflateDecoder<io::Take<Box<dyn Read + 'a>>>),
+    Stored(Raw<'a>),
+    Deflate(flate2::bufread::DeflateDecoder<BufReader<Raw<'a>>>),
     Done,
+}
+
+/// What follows an entry's data and is checked at its end.
+#[derive(Clone, Copy)]
+enum Trailer {
+    /// Nothing (read through the central directory, already checked).
+    None,
+    /// A streamed ZIP: the central directory, of exactly one entry.
+    Directory,
+    /// A streamed ZIP whose sizes and CRC follow the data: the data
+    /// descriptor (64-bit sizes for ZIP64), then the central directory.
+    DescriptorThenDirectory { zip64: bool },
 }
 
 /// One ZIP entry's data, inflated and checked: never more than its declared
@@ -304,7 +337,7 @@ struct Entry<'a> {
     got: u64,
     crc: u32,
     hasher: crc32fast::Hasher,
-    check_trailer: bool,
+    trailer: Trailer,
 }
 
 impl<'a> Entry<'a> {
@@ -314,13 +347,15 @@ impl<'a> Entry<'a> {
         declared: u64,
         compressed: u64,
         crc: u32,
-        check_trailer: bool,
+        trailer: Trailer,
     ) -> Entry<'a> {
         let raw = inner.take(compressed);
         let body = if method == 0 {
             Body::Stored(raw)
         } else {
-            Body::Deflate(flate2::read::DeflateDecoder::new(raw))
+            Body::Deflate(flate2::bufread::DeflateDecoder::new(
+                BufReader::with_capacity(32 << 10, raw),
+            ))
         };
         Entry {
             body,
@@ -330,17 +365,42 @@ impl<'a> Entry<'a> {
             got: 0,
             crc,
             hasher: crc32fast::Hasher::new(),
-            check_trailer,
+            trailer,
         }
     }
 
     fn finish(&mut self) -> io::Result<()> {
         let body = std::mem::replace(&mut self.body, Body::Done);
-        let rest: Option<Box<dyn Read + 'a>> = match body {
-            Body::Stored(t) => Some(t.into_inner()),
-            Body::Deflate(d) => Some(d.into_inner().into_inner()),
-            Body::Done => None,
+        // What follows the data: for a descriptor, the bytes the inflater's
+        // buffer read past the end of the deflate stream come first.
+        let (rest, used): (Option<Box<dyn Read + 'a>>, u64) = match body {
+            Body::Stored(t) => (Some(t.into_inner()), self.got),
+            Body::Deflate(d) => {
+                let used = d.total_in();
+                let b = d.into_inner();
+                match self.trailer {
+                    Trailer::DescriptorThenDirectory { .. } => (Some(Box::new(b)), used),
+                    _ => (Some(b.into_inner().into_inner()), used),
+                }
+            }
+            Body::Done => (None, 0),
         };
+        let mut rest = rest;
+        if let (Trailer::DescriptorThenDirectory { zip64 }, Some(s)) = (self.trailer, &mut rest) {
+            let (crc, compressed, size) = data_descriptor(s, zip64)?;
+            if compressed != used {
+                return Err(fault(Fault::Zip(format!(
+                    "data descriptor says {compressed} compressed bytes, the entry had {used}"
+                ))));
+            }
+            (self.crc, self.compressed, self.declared) = (crc, compressed, size);
+            if self.got != size {
+                return Err(fault(Fault::Zip(format!(
+                    "data descriptor says {size} bytes, the entry inflated to {}",
+                    self.got
+                ))));
+            }
+        }
         if self.got < self.declared {
             return Err(fault(Fault::Zip(format!(
                 "entry ends after {} of its declared {} bytes",
@@ -355,11 +415,43 @@ impl<'a> Entry<'a> {
         if sum != self.crc {
             return Err(fault(Fault::Zip("invalid checksum (CRC-32)".into())));
         }
-        if let (true, Some(mut s)) = (self.check_trailer, rest) {
-            central_directory_of_one(&mut s)?;
+        if let (Trailer::Directory | Trailer::DescriptorThenDirectory { .. }, Some(s)) =
+            (self.trailer, &mut rest)
+        {
+            central_directory_of_one(s)?;
         }
         Ok(())
     }
+}
+
+/// A data descriptor: an optional signature, CRC-32, then the compressed and
+/// inflated sizes (64-bit for ZIP64).
+fn data_descriptor(s: &mut dyn Read, zip64: bool) -> io::Result<(u32, u64, u64)> {
+    let trunc = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            fault(Fault::Zip("truncated ZIP (no data descriptor)".into()))
+        } else {
+            e
+        }
+    };
+    let mut w = [0u8; 4];
+    s.read_exact(&mut w).map_err(trunc)?;
+    if w == *b"PK\x07\x08" {
+        s.read_exact(&mut w).map_err(trunc)?;
+    }
+    let crc = u32::from_le_bytes(w);
+    let n = if zip64 { 16 } else { 8 };
+    let mut b = [0u8; 16];
+    s.read_exact(&mut b[..n]).map_err(trunc)?;
+    let (c, u) = if zip64 {
+        (
+            u64::from_le_bytes(b[..8].try_into().unwrap_or([0xFF; 8])),
+            u64::from_le_bytes(b[8..16].try_into().unwrap_or([0xFF; 8])),
+        )
+    } else {
+        (le32(&b, 0), le32(&b, 4))
+    };
+    Ok((crc, c, u))
 }
 
 /// After the entry of a streamed ZIP: one central directory header, then
