@@ -40,6 +40,64 @@ const MAX_ATTR_TEXT: usize = 64 << 10;
 const MAX_PARTICIPANTS: usize = 100_000;
 /// The most text one message may hold, its edit history included.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// A message holding more text than this is "large": one large message at a
+/// time in the whole process (see [`LargeMessage`]).
+pub const LARGE_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The memory budget shared by concurrent readers of transcripts (export
+/// workers, compliance requests): each may hold a message of up to
+/// [`LARGE_MESSAGE_BYTES`] of text at any time, but only one at a time may
+/// hold a larger one (up to [`MAX_MESSAGE_BYTES`]). A parser takes this
+/// permit when its message grows past the threshold and keeps it until it
+/// is asked for the next item (its caller has rendered or dropped the
+/// message by then) or is dropped. The holder never waits for anything
+/// else, so the others only wait for it to finish one message.
+#[derive(Debug)]
+pub struct LargeMessage(());
+
+/// The thread holding the permit, and how many permits it holds (a thread
+/// may hold several parsers at once, e.g. a retried upload reopening its
+/// source: it never waits for itself).
+static LARGE_HOLDER: std::sync::Mutex<Option<(std::thread::ThreadId, usize)>> =
+    std::sync::Mutex::new(None);
+static LARGE_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl LargeMessage {
+    /// Waits for the permit.
+    pub fn acquire() -> LargeMessage {
+        let me = std::thread::current().id();
+        let mut h = LARGE_HOLDER.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match h.as_mut() {
+                None => {
+                    *h = Some((me, 1));
+                    break;
+                }
+                Some((t, n)) if *t == me => {
+                    *n += 1;
+                    break;
+                }
+                Some(_) => {
+                    h = LARGE_FREED.wait(h).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        LargeMessage(())
+    }
+}
+
+impl Drop for LargeMessage {
+    fn drop(&mut self) {
+        let mut h = LARGE_HOLDER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = h.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                *h = None;
+                LARGE_FREED.notify_one();
+            }
+        }
+    }
+}
 
 /// Why a transcript was refused.
 #[derive(Debug, thiserror::Error)]
@@ -463,8 +521,11 @@ impl OpenMessage {
     /// Counts `n` more bytes held for this message: one message (its text and
     /// edit history) is the most a streaming reader holds at once, so it is
     /// bounded as a whole, not only per text.
-    fn grow(&mut self, n: usize) -> Result<(), ImError> {
+    fn grow(&mut self, n: usize, large: &mut Option<LargeMessage>) -> Result<(), ImError> {
         self.size += n;
+        if self.size > LARGE_MESSAGE_BYTES && large.is_none() {
+            *large = Some(LargeMessage::acquire());
+        }
         if self.size > MAX_MESSAGE_BYTES {
             return Err(ImError::Invalid(
                 "message",
@@ -513,6 +574,8 @@ pub struct Parser<R: BufRead> {
     open: Option<OpenMessage>,
     root_closed: bool,
     ended: bool,
+    /// Held while the current (or last returned) message is large.
+    large: Option<LargeMessage>,
 }
 
 impl<R: BufRead> Parser<R> {
@@ -531,6 +594,7 @@ impl<R: BufRead> Parser<R> {
             open: None,
             root_closed: false,
             ended: false,
+            large: None,
         }
     }
 
@@ -543,6 +607,8 @@ impl<R: BufRead> Parser<R> {
     /// The next message or attachment in document order; `None` at the end
     /// of a complete document.
     pub fn next_item(&mut self) -> Result<Option<Item>, ImError> {
+        // The caller is done with the previous item.
+        self.large = None;
         if self.ended {
             return Ok(None);
         }
@@ -651,7 +717,7 @@ impl<R: BufRead> Parser<R> {
                                 text: String::new(),
                             };
                             if let Some(m) = self.open.as_mut() {
-                                m.grow(edit.by.len())?;
+                                m.grow(edit.by.len(), &mut self.large)?;
                                 if empty {
                                     m.msg.edits.push(edit);
                                 } else {
@@ -706,7 +772,7 @@ impl<R: BufRead> Parser<R> {
                         };
                         xml::push_text(r, other, out, MAX_TEXT, "message")?;
                         let added = m.text_len() - before;
-                        m.grow(added)?;
+                        m.grow(added, &mut self.large)?;
                     } else if let Event::GeneralRef(g) = other {
                         xml::resolve_ref(r, g)?;
                     }
@@ -746,6 +812,52 @@ mod tests {
   </message>
   <attachment message_id="m-3" file="term-sheet.pdf"/>
 </transcript>"#;
+
+    fn one_large(id: &str) -> String {
+        format!(
+            r#"<transcript conversation_id="c" kind="team"><message id="{id}" timestamp="2026.11.21 14:03:07.120" from="u">{}</message><message id="small" timestamp="2026.11.21 14:03:07.120" from="u">x</message></transcript>"#,
+            "y".repeat(LARGE_MESSAGE_BYTES + 10)
+        )
+    }
+
+    #[test]
+    fn one_large_message_at_a_time_across_threads_never_within_one() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+        let a_xml = one_large("a");
+        // One thread may hold two parsers in a large message at once.
+        let mut p1 = Parser::new(a_xml.as_bytes());
+        let mut p2 = Parser::new(a_xml.as_bytes());
+        assert!(matches!(p1.next_item(), Ok(Some(Item::Message(_)))));
+        assert!(matches!(p2.next_item(), Ok(Some(Item::Message(_)))));
+        drop((p1, p2));
+
+        let held = Arc::new(Barrier::new(2));
+        let b_done = Arc::new(AtomicBool::new(false));
+        let (h2, d2) = (held.clone(), b_done.clone());
+        let mut pa = Parser::new(a_xml.as_bytes());
+        assert!(matches!(pa.next_item(), Ok(Some(Item::Message(m))) if m.id == "a"));
+        let b = std::thread::spawn(move || {
+            let xml = one_large("b");
+            let mut pb = Parser::new(xml.as_bytes());
+            h2.wait();
+            let first = pb.next_item();
+            d2.store(true, Ordering::SeqCst);
+            assert!(matches!(first, Ok(Some(Item::Message(m))) if m.id == "b"));
+            pb.finish().unwrap();
+        });
+        held.wait();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !b_done.load(Ordering::SeqCst),
+            "a second large message is parsed while the first is held"
+        );
+        // Asking for the next item releases the permit.
+        assert!(matches!(pa.next_item(), Ok(Some(Item::Message(m))) if m.id == "small"));
+        b.join().unwrap();
+        assert!(b_done.load(Ordering::SeqCst));
+        pa.finish().unwrap();
+    }
 
     #[test]
     fn parses_sample() {
