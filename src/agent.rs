@@ -25,7 +25,7 @@ use crate::bundle::{Accepted, BundleError, BundleState};
 use crate::config::{ConfigError, LocalConfig};
 use crate::export::{self, Ctx, Keys, Options, Outcome, Report};
 use crate::journal::{self, FileStore, Journal, PathKey};
-use crate::model::{Model, TargetKind};
+use crate::model::{Model, TargetKind, TargetSpec};
 use crate::snapshot::{self, Snapshot, SnapshotError};
 use crate::spool::{self, XmlRef};
 use crate::status::{Counts, LastError, Status};
@@ -70,6 +70,9 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
+    /// The state directory is locked by another exportd, or cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::state_lock::LockError),
     /// Audit log problem.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -87,6 +90,16 @@ pub enum AgentError {
     /// inotify or runtime setup failed.
     #[error("{0}")]
     Runtime(String),
+    /// A folder target of the model in force overlaps a spool root.
+    #[error(
+        "the model in force (version {version}) is refused: {problems}; the spool is never written: fix the target's path"
+    )]
+    SpoolOverlap {
+        /// The model's version.
+        version: u64,
+        /// Each overlap.
+        problems: String,
+    },
 }
 
 /// The policy model in force: the last accepted central bundle, else the
@@ -130,8 +143,16 @@ pub fn target_env(cfg: &LocalConfig) -> TargetEnv {
 
 /// Builds targets for every spec of a snapshot.
 pub fn build_targets(snap: &Snapshot, env: &TargetEnv) -> Result<Vec<Arc<dyn Target>>, AgentError> {
+    build_targets_from(snap.targets(), env)
+}
+
+/// Builds a target for every spec.
+pub fn build_targets_from(
+    specs: &[TargetSpec],
+    env: &TargetEnv,
+) -> Result<Vec<Arc<dyn Target>>, AgentError> {
     let mut v: Vec<Arc<dyn Target>> = Vec::new();
-    for spec in snap.targets() {
+    for spec in specs {
         match spec.kind {
             TargetKind::Fs => v.push(Arc::new(FsTarget::new(spec, env))),
             TargetKind::S3 => v.push(Arc::new(crate::target::s3::S3Target::new(spec).map_err(
@@ -143,6 +164,126 @@ pub fn build_targets(snap: &Snapshot, env: &TargetEnv) -> Result<Vec<Arc<dyn Tar
         }
     }
     Ok(v)
+}
+
+/// `p` with symbolic links resolved as far as it exists: the longest
+/// existing ancestor canonicalised, the rest appended (a target root that
+/// is not mounted yet is compared by the folder it would be created under).
+fn resolve_existing(p: &Path) -> PathBuf {
+    let p = crate::model::normalize_lexically(p);
+    let mut head = p.as_path();
+    let mut tail: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(head) {
+            let mut out = c;
+            for t in tail.iter().rev() {
+                out.push(t);
+            }
+            return out;
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name);
+                head = parent;
+            }
+            _ => return p,
+        }
+    }
+}
+
+/// Every folder target of `targets` whose root overlaps a spool root, as
+/// configured or after resolving symbolic links on either side.
+pub fn spool_overlap_problems(targets: &[TargetSpec], spool: &[PathBuf]) -> Vec<String> {
+    let mut ts = Vec::new();
+    for t in targets {
+        if let Some(p) = &t.path {
+            ts.push((t.id.clone(), p.clone(), p.clone()));
+            ts.push((t.id.clone(), p.clone(), resolve_existing(p)));
+        }
+    }
+    let mut ss = Vec::new();
+    for s in spool {
+        ss.push((s.clone(), s.clone()));
+        ss.push((s.clone(), resolve_existing(s)));
+    }
+    crate::model::spool_overlaps(&ts, &ss)
+        .into_iter()
+        .map(|e| e.0)
+        .collect()
+}
+
+/// Refuses a snapshot with a folder target overlapping a spool root.
+fn check_spool_overlap(snap: &Snapshot, spool: &[PathBuf]) -> Result<(), AgentError> {
+    let problems = spool_overlap_problems(snap.targets(), spool);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(AgentError::SpoolOverlap {
+        version: snap.version(),
+        problems: problems.join("; "),
+    })
+}
+
+/// A configuration ready to be put in force: its snapshot compiled (and
+/// checked by opening it) and its targets built, before anything is committed.
+pub struct PreparedModel {
+    /// The compiled snapshot file.
+    bytes: Vec<u8>,
+    /// Targets aligned with the snapshot's.
+    targets: Vec<Arc<dyn Target>>,
+}
+
+impl std::fmt::Debug for PreparedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedModel")
+            .field("bytes", &self.bytes.len())
+            .field("targets", &self.targets.len())
+            .finish()
+    }
+}
+
+/// Builds everything putting `model` in force needs, changing nothing on
+/// disk: no folder target may overlap a spool root (after resolving), the
+/// snapshot must compile and open, every target must build (an S3 target's
+/// `secret_file` must be readable...). The error is the reason, for the
+/// rejection.
+pub fn prepare_model(
+    model: &Model,
+    source: &str,
+    spool: &[PathBuf],
+    env: &TargetEnv,
+) -> Result<PreparedModel, String> {
+    let overlaps = spool_overlap_problems(&model.targets, spool);
+    if !overlaps.is_empty() {
+        return Err(overlaps.join("; "));
+    }
+    let bytes = snapshot::compile_from(model, Some(source))
+        .map_err(|e| format!("the snapshot cannot be compiled: {e}"))?;
+    Snapshot::from_bytes(bytes.clone())
+        .map_err(|e| format!("the compiled snapshot does not open: {e}"))?;
+    let targets = build_targets_from(&model.targets, env).map_err(|e| e.to_string())?;
+    Ok(PreparedModel { bytes, targets })
+}
+
+/// The snapshot source key of an accepted configuration bundle.
+fn bundle_source(payload: &[u8]) -> String {
+    use sha2::Digest;
+    format!("bundle:{}", hex::encode(sha2::Sha256::digest(payload)))
+}
+
+/// The preparation step for every bundle the daemon applies (inbox and
+/// central): configurations are prepared with [`prepare_model`]; export
+/// requests need nothing before their commit.
+fn prepare_bundle<'a>(
+    spool: &'a [PathBuf],
+    env: &'a TargetEnv,
+) -> impl FnMut(&Accepted) -> Result<Option<PreparedModel>, String> + 'a {
+    move |a| match a {
+        Accepted::Config(c) => {
+            prepare_model(&c.model, &bundle_source(&c.payload), spool, env).map(Some)
+        }
+        Accepted::ExportRequest(_) => Ok(None),
+    }
 }
 
 struct Pending {
@@ -161,6 +302,8 @@ struct Retry {
 enum Msg {
     Done(Report, Options),
     Central(FetchOutcome),
+    /// A bundle from central, checked, prepared and committed.
+    CentralApplied(Accepted, Option<PreparedModel>),
     RequestDone(String, Result<String, String>),
 }
 
@@ -351,7 +494,14 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
     // The compiled snapshot holds what matching needs: the inline users (up to
     // 100,000) are not parsed here, nor kept. Requests re-read the model.
     let (cfg, cfg_sha256) = LocalConfig::load_head(cfg_path)?;
+    // One state-writing process per state_dir, for this process's whole life
+    // (taken before anything in the state_dir is opened or written).
+    let _state_lock = crate::state_lock::lock_exclusive(&cfg.state_dir)?;
     let ctx = make_ctx(cfg_path, &cfg, &cfg_sha256)?;
+    // The same check as for a pushed bundle, resolved: also catches a model
+    // in force from before it, and a local target reaching the spool through
+    // a symbolic link.
+    check_spool_overlap(&ctx.snap, &cfg.spool)?;
     let bundle = match BundleState::load(&cfg.state_dir) {
         Ok(b) => Some(Arc::new(Mutex::new(b))),
         Err(e) => {
@@ -506,6 +656,7 @@ async fn run_async(cfg_path: &Path, opts: RunOptions) -> Result<RunSummary, Agen
                 match msg {
                     Msg::Done(rep, o) => a.on_report(rep, o),
                     Msg::Central(out) => a.on_central(out),
+                    Msg::CentralApplied(acc, prepared) => a.on_bundle("central", Ok(acc), prepared),
                     Msg::RequestDone(id, r) => a.on_request_done(id, r),
                 }
             }
@@ -1429,8 +1580,27 @@ impl Agent {
         self.swap_snapshot(snap)
     }
 
+    /// Puts a prepared (and already committed) model in force: writes its
+    /// snapshot and swaps it in with the targets built before the commit.
+    /// Fails only when the snapshot file cannot be written or mapped; the
+    /// committed version is then compiled again at the next start.
+    fn install_prepared(&mut self, p: PreparedModel) -> Result<(), AgentError> {
+        let path = self.cfg.state_dir.join("snapshot.bin");
+        snapshot::write_atomic(&path, &p.bytes).map_err(state_err(&path))?;
+        drop(p.bytes);
+        let snap = Snapshot::open(&path)?;
+        self.swap_in(snap, p.targets);
+        Ok(())
+    }
+
     fn swap_snapshot(&mut self, snap: Snapshot) -> Result<(), AgentError> {
+        check_spool_overlap(&snap, &self.cfg.spool)?;
         let targets = build_targets(&snap, &target_env(&self.cfg))?;
+        self.swap_in(snap, targets);
+        Ok(())
+    }
+
+    fn swap_in(&mut self, snap: Snapshot, targets: Vec<Arc<dyn Target>>) {
         self.ctx.snap = Arc::new(snap);
         self.ctx.targets = Arc::new(targets);
         self.ctx
@@ -1447,7 +1617,6 @@ impl Agent {
             }
         }
         self.status_dirty = true;
-        Ok(())
     }
 
     /// The model in force, read again (it is not kept in memory): the
@@ -1487,7 +1656,12 @@ impl Agent {
         let Some(b) = self.bundle.clone() else { return };
         let outcomes = {
             let mut st = b.lock().unwrap_or_else(|p| p.into_inner());
-            crate::bundle::inbox::process_inbox(&self.cfg.state_dir, &self.cfg.trust, &mut st)
+            crate::bundle::inbox::process_inbox_with(
+                &self.cfg.state_dir,
+                &self.cfg.trust,
+                &mut st,
+                &mut prepare_bundle(&self.cfg.spool, &target_env(&self.cfg)),
+            )
         };
         match outcomes {
             Ok(v) => {
@@ -1495,7 +1669,11 @@ impl Agent {
                     if let Some(e) = &o.move_error {
                         error!("inbox file {} could not be moved: {e}", o.name);
                     }
-                    self.on_bundle(&format!("inbox file {}", o.name), o.result);
+                    self.on_bundle(
+                        &format!("inbox file {}", o.name),
+                        o.result,
+                        o.prepared.flatten(),
+                    );
                 }
             }
             Err(e) => error!("cannot process the bundle inbox: {e}"),
@@ -1503,16 +1681,20 @@ impl Agent {
     }
 
     /// Acts on an accepted or rejected bundle (inbox or central).
-    fn on_bundle(&mut self, source: &str, result: Result<Accepted, BundleError>) {
+    fn on_bundle(
+        &mut self,
+        source: &str,
+        result: Result<Accepted, BundleError>,
+        prepared: Option<PreparedModel>,
+    ) {
         let now = Timestamp::now();
         match result {
             Ok(Accepted::Config(c)) => {
                 let version = c.version;
-                let snap_source = {
-                    use sha2::Digest;
-                    format!("bundle:{}", hex::encode(sha2::Sha256::digest(&c.payload)))
+                let res = match prepared {
+                    Some(p) => self.install_prepared(p),
+                    None => self.apply_model(&c.model, &bundle_source(&c.payload)),
                 };
-                let res = self.apply_model(&c.model, &snap_source);
                 let (code, desc) = match &res {
                     Ok(()) => (
                         "applied",
@@ -1676,6 +1858,8 @@ impl Agent {
         let (kick_tx, kick_rx) = std::sync::mpsc::channel::<()>();
         self.central_kick = Some(kick_tx);
         let anchors = self.cfg.trust.clone();
+        let spool = self.cfg.spool.clone();
+        let env = target_env(&self.cfg);
         let tx = self.tx.clone();
         let shared = self.shared_status.clone();
         let state_dir = self.cfg.state_dir.clone();
@@ -1721,6 +1905,7 @@ impl Agent {
                         }
                     }
                     let poll_started = Instant::now();
+                    let mut applied: Option<(Accepted, Option<PreparedModel>)> = None;
                     let res = {
                         let mut st = bundle.lock().unwrap_or_else(|p| p.into_inner());
                         let after = st.version();
@@ -1730,18 +1915,32 @@ impl Agent {
                             Ok(None) => Ok(FetchOutcome::NothingNew),
                             Ok(Some(body)) => {
                                 st = bundle.lock().unwrap_or_else(|p| p.into_inner());
-                                Ok(
-                                    match crate::bundle::apply::apply_bytes(
-                                        &body, "central", &anchors, &mut st,
-                                    ) {
-                                        Ok(a) => FetchOutcome::Applied(a),
-                                        Err(e) => FetchOutcome::Rejected(e),
-                                    },
-                                )
+                                // Built before the commit: a model that cannot
+                                // be put in force is rejected, never committed.
+                                match crate::bundle::apply::apply_bytes_with(
+                                    &body,
+                                    "central",
+                                    &anchors,
+                                    &mut st,
+                                    &mut prepare_bundle(&spool, &env),
+                                ) {
+                                    Ok((a, prepared)) => {
+                                        applied = Some((a, prepared));
+                                        Ok(FetchOutcome::NothingNew)
+                                    }
+                                    Err(e) => Ok(FetchOutcome::Rejected(e)),
+                                }
                             }
                             Err(e) => Err(e),
                         }
                     };
+                    if let Some((a, prepared)) = applied.take() {
+                        backoff.reset();
+                        if tx.send(Msg::CentralApplied(a, prepared)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     match res {
                         Ok(FetchOutcome::NothingNew) => {
                             backoff.reset();
@@ -1790,8 +1989,8 @@ impl Agent {
     fn on_central(&mut self, out: FetchOutcome) {
         match out {
             FetchOutcome::NothingNew => {}
-            FetchOutcome::Applied(a) => self.on_bundle("central", Ok(a)),
-            FetchOutcome::Rejected(e) => self.on_bundle("central", Err(e)),
+            FetchOutcome::Applied(a) => self.on_bundle("central", Ok(a), None),
+            FetchOutcome::Rejected(e) => self.on_bundle("central", Err(e), None),
         }
     }
 }

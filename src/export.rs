@@ -432,85 +432,123 @@ pub fn load_keys(dir: &Path) -> Arc<dyn Keys> {
     Arc::new(AgeKeys(store))
 }
 
-/// The largest transcript read to generate `<id>.messages.json`.
-const MAX_TRANSCRIPT: u64 = 256 << 20;
+/// `<id>.messages.json` of an IM record, streamed from its transcript (only
+/// from plaintext: with `decrypt` off, an encrypted transcript is exported as
+/// recorded and no plaintext is derived from it).
+///
+/// Building it reads the whole transcript once (the first pass: every check,
+/// the header and the attachments kept); each [`Source::open`] then reads it
+/// again and produces the JSON message by message, so neither the transcript
+/// nor the JSON is ever held in memory.
+struct MessagesSource<'a> {
+    /// The output name.
+    name: String,
+    record_id: String,
+    root: &'a Path,
+    path: PathBuf,
+    decrypt: bool,
+    keys: &'a dyn Keys,
+    index: crate::im::stream::TranscriptIndex,
+}
 
-/// Generates the files written beside the content: `<id>.messages.json` for
-/// IM records (only from plaintext: with `decrypt` off, an encrypted
-/// transcript is exported as recorded and no plaintext is derived from it).
-fn extras(
-    rec: &Record,
-    cp: &CompiledPolicy,
-    folder: &Path,
-    root: &Path,
-    keys: &dyn Keys,
-    user: &crate::snapshot::UserView<'_>,
-    written: &[Written],
-) -> Result<Generated, CopyError> {
-    let mut out = Vec::new();
-    let mut transcript: Option<crate::im::Transcript> = None;
-    if rec.modality == Modality::Im {
-        let t = rec.files.iter().find(|f| {
+impl<'a> MessagesSource<'a> {
+    /// The record's transcript as a [`MessagesSource`], when it gets one.
+    fn of(
+        rec: &Record,
+        cp: &CompiledPolicy,
+        folder: &Path,
+        root: &'a Path,
+        keys: &'a dyn Keys,
+    ) -> Result<Option<MessagesSource<'a>>, CopyError> {
+        if rec.modality != Modality::Im {
+            return Ok(None);
+        }
+        let Some(f) = rec.files.iter().find(|f| {
             let n = f.base_name();
             f.role == crate::record::FileRole::Transcript
                 && (n.ends_with(".im") || n.ends_with(".im.age"))
-        });
-        if let Some(f) = t {
-            let enc = f.is_encrypted();
-            if !enc || cp.policy.settings.decrypt {
-                let path = folder.join(&f.path);
-                let src = SpoolSource {
-                    root,
-                    path: path.clone(),
-                    decrypt: enc,
-                    keys,
-                    len: None,
-                };
-                let mut buf = Vec::new();
-                src.open()
-                    .and_then(|r| r.take(MAX_TRANSCRIPT + 1).read_to_end(&mut buf))
-                    .map_err(|e| {
-                        if spool::is_transient(&e) {
-                            // Retried like any spool read outage.
-                            CopyError::Target(TargetError::Source(e))
-                        } else {
-                            CopyError::Generate(format!(
-                                "reading transcript {}: {e}",
-                                path.display()
-                            ))
-                        }
-                    })?;
-                let tr = crate::im::Transcript::from_bytes(&buf).map_err(|e| {
-                    CopyError::Generate(format!("transcript {}: {e}", path.display()))
-                })?;
-                out.push((
-                    format!(
-                        "{}.messages.json",
-                        crate::layout::sanitize_component(&rec.id)
-                    ),
-                    crate::im::messages_json(&tr, &rec.id),
-                ));
-                transcript = Some(tr);
-            }
+        }) else {
+            return Ok(None);
+        };
+        let decrypt = f.is_encrypted();
+        if decrypt && !cp.policy.settings.decrypt {
+            return Ok(None);
         }
+        let path = folder.join(&f.path);
+        let index = open_transcript_xml(root, &path, decrypt, keys)
+            .and_then(crate::im::stream::TranscriptIndex::build)
+            .map_err(|e| match e {
+                // A read outage of the spool is retried like any other.
+                crate::im::ImError::Io(e) if spool::is_transient(&e) => {
+                    CopyError::Target(TargetError::Source(e))
+                }
+                other => CopyError::Generate(format!("transcript {}: {other}", path.display())),
+            })?;
+        Ok(Some(MessagesSource {
+            name: format!(
+                "{}.messages.json",
+                crate::layout::sanitize_component(&rec.id)
+            ),
+            record_id: rec.id.clone(),
+            root,
+            path,
+            decrypt,
+            keys,
+            index,
+        }))
     }
-    if cp.policy.settings.vcon {
-        let v = crate::vcon::generate(
-            rec,
-            crate::vcon::VconUser {
-                id: user.id,
-                name: user.name,
-                email: user.email,
-            },
-            cp.policy.settings.decrypt,
-            written,
-            &out,
-            transcript.as_ref(),
-        )
-        .map_err(CopyError::Generate)?;
-        out.push(v);
+
+    fn describe(&self, e: impl std::fmt::Display) -> String {
+        format!("transcript {}: {e}", self.path.display())
     }
-    Ok(out)
+
+    /// A fresh reader of the transcript XML.
+    fn xml(&self) -> Result<crate::im::stream::XmlStream<'_>, crate::im::ImError> {
+        open_transcript_xml(self.root, &self.path, self.decrypt, self.keys)
+    }
+
+    /// The whole transcript, for the vCon (which lists every message).
+    fn transcript(&self) -> Result<crate::im::Transcript, String> {
+        self.xml()
+            .and_then(crate::im::Transcript::from_xml)
+            .map_err(|e| self.describe(e))
+    }
+}
+
+/// Opens a spool `.im` file (decrypting a `.im.age`) as a checked reader of
+/// its `transcript.xml`.
+fn open_transcript_xml<'k>(
+    root: &Path,
+    path: &Path,
+    decrypt: bool,
+    keys: &'k dyn Keys,
+) -> Result<crate::im::stream::XmlStream<'k>, crate::im::ImError> {
+    use crate::im::stream::ImSource;
+    // Errors stay classifiable (spool::is_transient) and name the file.
+    let f = open_in_root(root, path).map_err(open_error_to_io)?;
+    let src = if decrypt {
+        ImSource::Stream(keys.decrypt(Box::new(io::BufReader::with_capacity(64 << 10, f)))?)
+    } else {
+        ImSource::File(f)
+    };
+    crate::im::stream::xml_reader(src)
+}
+
+impl Source for MessagesSource<'_> {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        let xml = self.xml().map_err(|e| match e {
+            crate::im::ImError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, self.describe(other)),
+        })?;
+        Ok(Box::new(crate::im::stream::MessagesJson::new(
+            xml,
+            &self.index,
+            &self.record_id,
+        )))
+    }
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Processes one record version. Never panics on input; every failure is an
@@ -966,17 +1004,56 @@ fn copy_one(
         }
         written.push((f.out_name.clone(), r.sha256, r.sha512, r.bytes));
     }
+    // Generated files: messages.json (streamed from the transcript), then the vCon.
     {
-        let extra = extras(
-            rec,
-            cp,
-            folder,
-            root_canon,
-            ctx.keys.as_ref(),
-            user,
-            &written,
-        )?;
-        for (name, bytes) in extra {
+        let content = written.len();
+        let messages = MessagesSource::of(rec, cp, folder, root_canon, ctx.keys.as_ref())?;
+        if let Some(ms) = &messages {
+            let req = PutRequest {
+                folder: dst,
+                name: &ms.name,
+                want_sha512: want512,
+            };
+            let r = target.put(&req, ms).map_err(CopyError::Target)?;
+            if let Some(d) = r.detail {
+                details.push(format!("{}: {d}", ms.name));
+            }
+            written.push((ms.name.clone(), r.sha256, r.sha512, r.bytes));
+        }
+        if cp.policy.settings.vcon {
+            let transcript = match &messages {
+                Some(ms) => Some(ms.transcript().map_err(CopyError::Generate)?),
+                None => None,
+            };
+            let mfile = match (&messages, written.get(content)) {
+                (Some(ms), Some((_, _, sha512, bytes))) => Some(crate::vcon::ExportedFile {
+                    name: &ms.name,
+                    role: crate::vcon::ExportedRole::Messages,
+                    sha512: sha512.ok_or_else(|| {
+                        CopyError::Generate(format!(
+                            "vCon: the target returned no SHA-512 for {:?}",
+                            ms.name
+                        ))
+                    })?,
+                    bytes: *bytes,
+                    message_id: None,
+                }),
+                _ => None,
+            };
+            let (name, bytes) = crate::vcon::generate_with(
+                rec,
+                crate::vcon::VconUser {
+                    id: user.id,
+                    name: user.name,
+                    email: user.email,
+                },
+                cp.policy.settings.decrypt,
+                &written[..content],
+                mfile,
+                transcript.as_ref(),
+            )
+            .map_err(CopyError::Generate)?;
+            drop(transcript);
             let req = PutRequest {
                 folder: dst,
                 name: &name,

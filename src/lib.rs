@@ -25,6 +25,7 @@ pub mod requests;
 pub mod simulate;
 pub mod snapshot;
 pub mod spool;
+pub mod state_lock;
 pub mod status;
 pub mod target;
 pub mod time;

@@ -6,7 +6,7 @@
 //! completely before it may be compiled into a snapshot.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -297,6 +297,60 @@ impl Model {
     }
 }
 
+/// `p` with `.` components and repeated or trailing separators removed and
+/// `..` applied lexically (pure: symbolic links are the caller's business,
+/// which compares resolved paths too).
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Whether a target root and a spool root overlap: equal, or one inside the
+/// other (compared component by component after
+/// [`normalize_lexically`]; `/a/bc` does not overlap `/a/b`).
+pub fn paths_overlap(target: &Path, spool: &Path) -> bool {
+    let (t, s) = (normalize_lexically(target), normalize_lexically(spool));
+    t.starts_with(&s) || s.starts_with(&t)
+}
+
+/// Every folder target of `targets` whose root overlaps one of `spool_roots`
+/// (the spool is never written: copies landing there would be taken as new
+/// records). Each `(shown, compared)` pair is a root as configured and the
+/// form to compare (the caller passes resolved forms as well); one problem
+/// per target and root.
+pub fn spool_overlaps(
+    targets: &[(String, PathBuf, PathBuf)],
+    spool_roots: &[(PathBuf, PathBuf)],
+) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    for (id, shown, t) in targets {
+        for (s_shown, s) in spool_roots {
+            if paths_overlap(t, s) {
+                let msg = format!(
+                    "target {id:?} path {} overlaps spool root {} (the spool is never written)",
+                    shown.display(),
+                    s_shown.display()
+                );
+                if !out.iter().any(|e: &ValidationError| e.0 == msg) {
+                    out.push(ValidationError(msg));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// [`Model::validate`] on borrowed parts (no copy of a large user list).
 pub fn validate_parts(
     targets: &[TargetSpec],
@@ -571,6 +625,48 @@ fn is_phone(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spool_overlap_is_by_component_after_normalising() {
+        use std::path::Path;
+        assert!(super::paths_overlap(
+            Path::new("/srv/spool"),
+            Path::new("/srv/spool/")
+        ));
+        assert!(super::paths_overlap(
+            Path::new("/srv/spool/./x"),
+            Path::new("/srv/spool")
+        ));
+        assert!(super::paths_overlap(
+            Path::new("/srv"),
+            Path::new("/srv/spool")
+        ));
+        assert!(super::paths_overlap(
+            Path::new("/srv/other/../spool/a"),
+            Path::new("/srv/spool")
+        ));
+        assert!(!super::paths_overlap(
+            Path::new("/srv/spool2"),
+            Path::new("/srv/spool")
+        ));
+        assert!(!super::paths_overlap(
+            Path::new("/archive"),
+            Path::new("/srv/spool")
+        ));
+        let t = [(
+            "nas".to_string(),
+            PathBuf::from("/srv/spool"),
+            PathBuf::from("/srv/spool"),
+        )];
+        let s = [(PathBuf::from("/srv/spool"), PathBuf::from("/srv/spool"))];
+        let e = super::spool_overlaps(&t, &s);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].0.contains("overlaps spool root /srv/spool"),
+            "{}",
+            e[0].0
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -296,11 +296,26 @@ pub fn generate(
     generated: &[(String, Vec<u8>)],
     transcript: Option<&Transcript>,
 ) -> Result<(String, Vec<u8>), String> {
-    let mut files = exported_files(rec, decrypt, written)?;
     let messages = format!("{}.messages.json", layout::sanitize_component(&rec.id));
-    if let Some((name, bytes)) = generated.iter().find(|(n, _)| *n == messages) {
-        files.push(generated_file(name, ExportedRole::Messages, bytes));
-    }
+    let m = generated
+        .iter()
+        .find(|(n, _)| *n == messages)
+        .map(|(name, bytes)| generated_file(name, ExportedRole::Messages, bytes));
+    generate_with(rec, user, decrypt, written, m, transcript)
+}
+
+/// [`generate`] with the messages JSON already written (streamed): its
+/// name, SHA-512 and size come from the target's receipt.
+pub fn generate_with(
+    rec: &Record,
+    user: VconUser<'_>,
+    decrypt: bool,
+    written: &[Written],
+    messages: Option<ExportedFile<'_>>,
+    transcript: Option<&Transcript>,
+) -> Result<(String, Vec<u8>), String> {
+    let mut files = exported_files(rec, decrypt, written)?;
+    files.extend(messages);
     Ok((
         vcon_name(&rec.id),
         build_vcon(rec, user, &files, transcript),

@@ -52,7 +52,7 @@ pub fn reader(text: &str) -> quick_xml::Reader<&[u8]> {
 }
 
 /// Converts a parser error to [`XmlError`] at the reader's position.
-pub fn malformed(r: &quick_xml::Reader<&[u8]>, e: impl std::fmt::Display) -> XmlError {
+pub fn malformed<R>(r: &quick_xml::Reader<R>, e: impl std::fmt::Display) -> XmlError {
     XmlError::Malformed {
         pos: r.buffer_position(),
         msg: e.to_string(),
@@ -60,8 +60,8 @@ pub fn malformed(r: &quick_xml::Reader<&[u8]>, e: impl std::fmt::Display) -> Xml
 }
 
 /// Reads the value of attribute `name` (predefined entities resolved).
-pub fn attr(
-    r: &quick_xml::Reader<&[u8]>,
+pub fn attr<R>(
+    r: &quick_xml::Reader<R>,
     e: &BytesStart<'_>,
     name: &[u8],
 ) -> Result<Option<String>, XmlError> {
@@ -84,8 +84,8 @@ pub fn attr(
 
 /// Appends the character data carried by `ev` (text, CDATA or a reference)
 /// to `out`, bounded by `max` bytes. Returns `Ok(false)` if `ev` is not text.
-pub fn push_text(
-    r: &quick_xml::Reader<&[u8]>,
+pub fn push_text<R>(
+    r: &quick_xml::Reader<R>,
     ev: &Event<'_>,
     out: &mut String,
     max: usize,
@@ -120,7 +120,7 @@ fn bounded_push(out: &mut String, s: &str, max: usize, element: &str) -> Result<
 }
 
 /// Resolves `&name;` to a char: predefined entities and character references only.
-pub fn resolve_ref(r: &quick_xml::Reader<&[u8]>, g: &BytesRef<'_>) -> Result<char, XmlError> {
+pub fn resolve_ref<R>(r: &quick_xml::Reader<R>, g: &BytesRef<'_>) -> Result<char, XmlError> {
     if g.is_char_ref() {
         return match g.resolve_char_ref() {
             Ok(Some(c)) => Ok(c),

@@ -291,15 +291,50 @@ impl<S: Store> BundleState<S> {
 /// inbox and the central fetch end in. On `Ok` the result is durable and the
 /// caller must act on it (put the model in force, launch the export); on
 /// `Err` nothing changed.
+///
+/// Commits a configuration without first building what it needs; the daemon
+/// uses [`apply_envelope_with`] so that a model it cannot put in force is
+/// never committed.
 pub fn apply_envelope<S: Store>(
     env: &Envelope,
     anchors: &[Admin],
     state: &mut BundleState<S>,
 ) -> Result<Accepted, BundleError> {
+    apply_envelope_with(env, anchors, state, &mut |_| Ok(())).map(|(a, ())| a)
+}
+
+/// Prepares an accepted bundle for use before it is committed: for a
+/// configuration, builds what putting it in force needs (compiled snapshot,
+/// targets, environment checks such as spool overlap) and returns it, or the
+/// reason it cannot be put in force.
+pub type Prepare<'a, T> = dyn FnMut(&Accepted) -> Result<T, String> + 'a;
+
+/// [`apply_envelope`] with a preparation step between the checks and the
+/// commit: `prepare` runs on the accepted bundle and only when it succeeds is
+/// the bundle committed. A configuration whose preparation fails is rejected
+/// with [`BundleError::CannotApply`] and nothing is committed: the version in
+/// force stays, and a restart starts with it. Returns the accepted bundle
+/// with what `prepare` built.
+pub fn apply_envelope_with<S: Store, T>(
+    env: &Envelope,
+    anchors: &[Admin],
+    state: &mut BundleState<S>,
+    prepare: &mut Prepare<'_, T>,
+) -> Result<(Accepted, T), BundleError> {
     let trust = state.trust(anchors)?;
     let accepted = check_envelope(env, &trust, state)?;
+    let prepared = prepare(&accepted).map_err(|reason| match &accepted {
+        Accepted::Config(c) => BundleError::CannotApply {
+            version: c.version,
+            reason,
+        },
+        Accepted::ExportRequest(r) => BundleError::InvalidPayload {
+            payload_type: PayloadType::ExportRequest,
+            reason: format!("request {:?}: {reason}", r.request_id),
+        },
+    })?;
     state.commit(&accepted)?;
-    Ok(accepted)
+    Ok((accepted, prepared))
 }
 
 /// [`apply_envelope`] for raw bytes (a file or an HTTP body): rejects more
@@ -310,6 +345,18 @@ pub fn apply_bytes<S: Store>(
     anchors: &[Admin],
     state: &mut BundleState<S>,
 ) -> Result<Accepted, BundleError> {
+    apply_bytes_with(bytes, source, anchors, state, &mut |_| Ok(())).map(|(a, ())| a)
+}
+
+/// [`apply_envelope_with`] for raw bytes: rejects more than
+/// [`super::MAX_BUNDLE_BYTES`] and malformed JSON first.
+pub fn apply_bytes_with<S: Store, T>(
+    bytes: &[u8],
+    source: &str,
+    anchors: &[Admin],
+    state: &mut BundleState<S>,
+    prepare: &mut Prepare<'_, T>,
+) -> Result<(Accepted, T), BundleError> {
     if bytes.len() as u64 > super::MAX_BUNDLE_BYTES {
         return Err(BundleError::TooLarge {
             path: source.to_string(),
@@ -317,7 +364,7 @@ pub fn apply_bytes<S: Store>(
         });
     }
     let env = Envelope::from_json(bytes)?;
-    apply_envelope(&env, anchors, state)
+    apply_envelope_with(&env, anchors, state, prepare)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::apply::{Accepted, apply_bytes};
+use super::apply::{Accepted, Prepare, apply_bytes_with};
 use super::state::{BundleState, Store, create_private_dir, write_atomic};
 use super::{BundleError, MAX_BUNDLE_BYTES};
 use crate::model::Admin;
@@ -28,9 +28,10 @@ pub const ACCEPTED_DIR: &str = "accepted";
 /// Sub-folder of the inbox for rejected bundles and their `.reason` files.
 pub const REJECTED_DIR: &str = "rejected";
 
-/// What happened to one inbox file.
+/// What happened to one inbox file (`T`: what the preparation step of
+/// [`process_inbox_with`] built for an accepted bundle).
 #[derive(Debug)]
-pub struct InboxOutcome {
+pub struct InboxOutcome<T = ()> {
     /// The file name as dropped.
     pub name: String,
     /// Where the file is now (`inbox/accepted/...` or `inbox/rejected/...`),
@@ -44,6 +45,8 @@ pub struct InboxOutcome {
     /// Set when the file could not be moved out of the inbox (it will be
     /// taken again next time and then rejected as a replay); log it.
     pub move_error: Option<BundleError>,
+    /// What the preparation step built (`Some` exactly when `result` is `Ok`).
+    pub prepared: Option<T>,
 }
 
 /// The inbox folder of a state directory.
@@ -64,6 +67,19 @@ pub fn process_inbox<S: Store>(
     anchors: &[Admin],
     state: &mut BundleState<S>,
 ) -> Result<Vec<InboxOutcome>, BundleError> {
+    process_inbox_with(state_dir, anchors, state, &mut |_| Ok(()))
+}
+
+/// [`process_inbox`] with a preparation step run on every accepted bundle
+/// before it is committed (see [`super::apply::apply_envelope_with`]): a
+/// configuration that cannot be put in force is rejected (moved to
+/// `rejected/` with its reason) and not committed.
+pub fn process_inbox_with<S: Store, T>(
+    state_dir: &Path,
+    anchors: &[Admin],
+    state: &mut BundleState<S>,
+    prepare: &mut Prepare<'_, T>,
+) -> Result<Vec<InboxOutcome<T>>, BundleError> {
     let inbox = inbox_dir(state_dir);
     let accepted_dir = inbox.join(ACCEPTED_DIR);
     let rejected_dir = inbox.join(REJECTED_DIR);
@@ -90,8 +106,12 @@ pub fn process_inbox<S: Store>(
     for name in names {
         let path = inbox.join(&name);
         let shown = name.to_string_lossy().into_owned();
-        let result = read_capped(&path)
-            .and_then(|bytes| apply_bytes(&bytes, &path.display().to_string(), anchors, state));
+        let (result, prepared) = match read_capped(&path).and_then(|bytes| {
+            apply_bytes_with(&bytes, &path.display().to_string(), anchors, state, prepare)
+        }) {
+            Ok((a, p)) => (Ok(a), Some(p)),
+            Err(e) => (Err(e), None),
+        };
         let dest_dir = if result.is_ok() {
             &accepted_dir
         } else {
@@ -120,6 +140,7 @@ pub fn process_inbox<S: Store>(
             file,
             result,
             move_error,
+            prepared,
         });
     }
     Ok(out)

@@ -226,6 +226,19 @@ pub enum BundleError {
         /// admin key checks.
         errors: Vec<ValidationError>,
     },
+    /// Every check passed, but the model cannot be put in force (a target
+    /// cannot be built, e.g. an S3 `secret_file` is missing; the snapshot
+    /// cannot be compiled; a folder target overlaps a spool root). Nothing
+    /// was committed: the configuration in force stays.
+    #[error(
+        "configuration version {version} cannot be put in force: {reason}; the configuration in force stays; fix it and send a bundle with a new version"
+    )]
+    CannotApply {
+        /// The bundle's version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
     /// The bundle's version is lower than the version in force.
     #[error(
         "rollback refused: bundle version {got} is lower than version {in_force} in force; issue a bundle with a version above {in_force}"
@@ -318,6 +331,7 @@ impl BundleError {
             BundleError::AdminsWithoutGrant => "admins_without_grant",
             BundleError::InvalidPayload { .. } => "invalid_payload",
             BundleError::Validation { .. } => "validation",
+            BundleError::CannotApply { .. } => "cannot_apply",
             BundleError::Rollback { .. } => "rollback",
             BundleError::Replay { .. } => "replay",
             BundleError::RequestSeen { .. } => "request_seen",

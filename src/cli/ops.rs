@@ -87,6 +87,8 @@ pub fn target_init(config: &Option<PathBuf>, only: Option<&str>) -> Result<i32> 
         bail!("the model in force has no folder (kind = \"fs\") targets");
     }
     ensure_state_dir(&cfg.state_dir)?;
+    // Writes state (the marker copies): one writer per state_dir.
+    let _lock = exportd::state_lock::lock_exclusive(&cfg.state_dir)?;
     let env = target_env(&cfg);
     let mut code = 0;
     for spec in specs {
@@ -325,7 +327,25 @@ pub fn bundle_verify(config: &Option<PathBuf>, rest: &[OsString]) -> Result<i32>
         println!("signature {}: {what}", s.keyid);
     }
     println!("version in force: {}", r.version_in_force);
-    match &r.verdict {
+    // The daemon builds the model before committing it: so does the verdict.
+    let verdict = match r.verdict {
+        Ok(exportd::bundle::Accepted::Config(c)) => {
+            match exportd::agent::prepare_model(
+                &c.model,
+                "verify",
+                &cfg.spool,
+                &exportd::agent::target_env(&cfg),
+            ) {
+                Ok(_) => Ok(exportd::bundle::Accepted::Config(c)),
+                Err(reason) => Err(exportd::bundle::BundleError::CannotApply {
+                    version: c.version,
+                    reason,
+                }),
+            }
+        }
+        other => other,
+    };
+    match &verdict {
         Ok(a) => {
             println!("verdict: would be applied ({})", a.audit_id());
             Ok(0)

@@ -221,15 +221,19 @@ impl Run<'_, '_> {
             self.skipped.push((path, reason));
         }
     }
+}
 
-    fn transcript_bytes(&self, path: &Path) -> Result<Vec<u8>, String> {
-        let r = self
-            .opener
-            .open(path)
-            .map_err(|e| format!("cannot open transcript: {e}"))?;
-        scan::read_capped(r, im::MAX_TRANSCRIPT_BYTES)
-            .map_err(|e| format!("cannot read transcript: {e}"))
-    }
+/// The transcript XML of a `.im` (or decrypted `.im.age`), streamed with
+/// every cap checked as it is read: never held whole in memory.
+fn transcript_xml<'o>(
+    opener: &'o dyn SpoolOpener,
+    path: &Path,
+) -> Result<im::stream::XmlStream<'o>, String> {
+    let r = opener
+        .open(path)
+        .map_err(|e| format!("cannot open transcript: {e}"))?;
+    im::stream::xml_reader(im::stream::ImSource::Stream(r))
+        .map_err(|e| format!("cannot read transcript: {e}"))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ComplianceError + '_ {
@@ -374,9 +378,8 @@ pub fn run(
                 continue;
             }
         };
-        let header = match run
-            .transcript_bytes(&tpath)
-            .and_then(|b| header_of(&b).map_err(|e| e.to_string()))
+        let header = match transcript_xml(run.opener, &tpath)
+            .and_then(|x| im::Parser::new(x).finish().map_err(|e| e.to_string()))
         {
             Ok(h) => h,
             Err(why) => {
@@ -505,11 +508,6 @@ pub fn run_tracked(
         }
     }
     res
-}
-
-fn header_of(bytes: &[u8]) -> Result<Header, im::ImError> {
-    let xml = im::transcript_xml(bytes)?;
-    im::parse_stream(&xml, &mut |_| {})
 }
 
 fn owned(c: &ConvBuild, company: &UserIndex) -> bool {
@@ -660,8 +658,8 @@ fn write_conversation(
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
     let mut contributing = Vec::new();
     for src in &c.sources {
-        let bytes = match run.transcript_bytes(&src.transcript) {
-            Ok(b) => b,
+        let xml = match transcript_xml(run.opener, &src.transcript) {
+            Ok(x) => x,
             Err(why) => {
                 run.skip(
                     src.transcript.clone(),
@@ -671,45 +669,52 @@ fn write_conversation(
             }
         };
         let mut any = false;
-        let res = im::transcript_xml(&bytes).and_then(|xml| {
-            im::parse_stream(&xml, &mut |item| match item {
-                Item::Message(m) => {
-                    if !v.contains(m.timestamp) {
-                        return;
-                    }
-                    any = true;
-                    let day = m.timestamp.day_number();
-                    match day_of.get(&m.id).copied() {
-                        Some(d) => {
-                            let Some(slot) = days.get_mut(&d) else { return };
-                            let newer = slot.get(&m.id).is_none_or(|old| {
-                                (m.last_modified(), m.edits.len(), m.deleted)
-                                    > (old.last_modified(), old.edits.len(), old.deleted)
-                            });
-                            if newer {
-                                if d == day {
-                                    slot.insert(m.id.clone(), m);
-                                } else {
-                                    slot.remove(&m.id);
-                                    day_of.insert(m.id.clone(), day);
-                                    days.entry(day).or_default().insert(m.id.clone(), m);
-                                }
+        let mut on_item = |item: Item| match item {
+            Item::Message(m) => {
+                if !v.contains(m.timestamp) {
+                    return;
+                }
+                any = true;
+                let day = m.timestamp.day_number();
+                match day_of.get(&m.id).copied() {
+                    Some(d) => {
+                        let Some(slot) = days.get_mut(&d) else { return };
+                        let newer = slot.get(&m.id).is_none_or(|old| {
+                            (m.last_modified(), m.edits.len(), m.deleted)
+                                > (old.last_modified(), old.edits.len(), old.deleted)
+                        });
+                        if newer {
+                            if d == day {
+                                slot.insert(m.id.clone(), m);
+                            } else {
+                                slot.remove(&m.id);
+                                day_of.insert(m.id.clone(), day);
+                                days.entry(day).or_default().insert(m.id.clone(), m);
                             }
                         }
-                        None => {
-                            day_of.insert(m.id.clone(), day);
-                            days.entry(day).or_default().insert(m.id.clone(), m);
-                        }
+                    }
+                    None => {
+                        day_of.insert(m.id.clone(), day);
+                        days.entry(day).or_default().insert(m.id.clone(), m);
                     }
                 }
-                Item::Attachment(a) => {
-                    let list = names.entry(a.message_id).or_default();
-                    if !list.contains(&a.file) {
-                        list.push(a.file);
-                    }
+            }
+            Item::Attachment(a) => {
+                let list = names.entry(a.message_id).or_default();
+                if !list.contains(&a.file) {
+                    list.push(a.file);
                 }
-            })
-        });
+            }
+        };
+        let mut parser = im::Parser::new(xml);
+        let res = loop {
+            match parser.next_item() {
+                Ok(Some(item)) => on_item(item),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(parser);
         if let Err(e) = res {
             run.skip(
                 src.transcript.clone(),

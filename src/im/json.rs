@@ -17,7 +17,7 @@ struct Doc<'a> {
 }
 
 #[derive(Serialize)]
-struct Part<'a> {
+pub(super) struct Part<'a> {
     id: &'a str,
     address: &'a str,
     name: &'a str,
@@ -36,7 +36,7 @@ impl<'a> From<&'a Participant> for Part<'a> {
 }
 
 #[derive(Serialize)]
-struct Msg<'a> {
+pub(super) struct Msg<'a> {
     id: &'a str,
     time: String,
     from: &'a str,
@@ -54,25 +54,32 @@ struct EditJ<'a> {
     text: &'a str,
 }
 
-fn msg<'a>(t: &'a Transcript, m: &'a Message) -> Msg<'a> {
-    Msg {
-        id: &m.id,
-        time: m.timestamp.rfc3339().to_string(),
-        from: &m.from,
-        text: &m.text,
-        deleted: m.deleted,
-        deleted_at: m.deleted_at.map(|d| d.rfc3339().to_string()),
-        edits: m
-            .edits
-            .iter()
-            .map(|e| EditJ {
-                time: e.timestamp.rfc3339().to_string(),
-                by: &e.by,
-                text: &e.text,
-            })
-            .collect(),
-        attachments: t.attachments_of(&m.id).collect(),
+impl<'a> Msg<'a> {
+    /// A message with its attachments' file names.
+    pub(super) fn of(m: &'a Message, attachments: Vec<&'a str>) -> Msg<'a> {
+        Msg {
+            id: &m.id,
+            time: m.timestamp.rfc3339().to_string(),
+            from: &m.from,
+            text: &m.text,
+            deleted: m.deleted,
+            deleted_at: m.deleted_at.map(|d| d.rfc3339().to_string()),
+            edits: m
+                .edits
+                .iter()
+                .map(|e| EditJ {
+                    time: e.timestamp.rfc3339().to_string(),
+                    by: &e.by,
+                    text: &e.text,
+                })
+                .collect(),
+            attachments,
+        }
     }
+}
+
+fn msg<'a>(t: &'a Transcript, m: &'a Message) -> Msg<'a> {
+    Msg::of(m, t.attachments_of(&m.id).collect())
 }
 
 /// Renders `<record_id>.messages.json` for an `im` record.

@@ -12,9 +12,10 @@
 //! the `<id>.messages.json` writer ([`messages_json`]).
 
 mod json;
+pub mod stream;
 
 use std::borrow::Cow;
-use std::io::{Cursor, Read};
+use std::io::{BufRead, Cursor, Read};
 use std::path::Path;
 
 use quick_xml::events::Event;
@@ -37,6 +38,66 @@ const MAX_DEPTH: usize = 32;
 const MAX_TEXT: usize = 4 << 20;
 const MAX_ATTR_TEXT: usize = 64 << 10;
 const MAX_PARTICIPANTS: usize = 100_000;
+/// The most text one message may hold, its edit history included.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// A message holding more text than this is "large": one large message at a
+/// time in the whole process (see [`LargeMessage`]).
+pub const LARGE_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The memory budget shared by concurrent readers of transcripts (export
+/// workers, compliance requests): each may hold a message of up to
+/// [`LARGE_MESSAGE_BYTES`] of text at any time, but only one at a time may
+/// hold a larger one (up to [`MAX_MESSAGE_BYTES`]). A parser takes this
+/// permit when its message grows past the threshold and keeps it until it
+/// is asked for the next item (its caller has rendered or dropped the
+/// message by then) or is dropped. The holder never waits for anything
+/// else, so the others only wait for it to finish one message.
+#[derive(Debug)]
+pub struct LargeMessage(());
+
+/// The thread holding the permit, and how many permits it holds (a thread
+/// may hold several parsers at once, e.g. a retried upload reopening its
+/// source: it never waits for itself).
+static LARGE_HOLDER: std::sync::Mutex<Option<(std::thread::ThreadId, usize)>> =
+    std::sync::Mutex::new(None);
+static LARGE_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl LargeMessage {
+    /// Waits for the permit.
+    pub fn acquire() -> LargeMessage {
+        let me = std::thread::current().id();
+        let mut h = LARGE_HOLDER.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match h.as_mut() {
+                None => {
+                    *h = Some((me, 1));
+                    break;
+                }
+                Some((t, n)) if *t == me => {
+                    *n += 1;
+                    break;
+                }
+                Some(_) => {
+                    h = LARGE_FREED.wait(h).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        LargeMessage(())
+    }
+}
+
+impl Drop for LargeMessage {
+    fn drop(&mut self) {
+        let mut h = LARGE_HOLDER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = h.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                *h = None;
+                LARGE_FREED.notify_one();
+            }
+        }
+    }
+}
 
 /// Why a transcript was refused.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +295,30 @@ impl Transcript {
         })
     }
 
+    /// Parses a transcript XML from a reader (e.g. [`stream::xml_reader`]):
+    /// the file is not held in memory, but every message is.
+    pub fn from_xml<R: BufRead>(xml: R) -> Result<Transcript, ImError> {
+        let mut p = Parser::new(xml);
+        let mut messages = Vec::new();
+        let mut attachments = Vec::new();
+        while let Some(item) = p.next_item()? {
+            match item {
+                Item::Message(m) => messages.push(m),
+                Item::Attachment(a) => attachments.push(a),
+            }
+        }
+        let h = p.finish()?;
+        Ok(Transcript {
+            conversation_id: h.conversation_id,
+            kind: h.kind,
+            title: h.title,
+            owner: h.owner,
+            participants: h.participants,
+            messages,
+            attachments,
+        })
+    }
+
     /// Opens and parses a plaintext `.im` file through a read-only memory map.
     ///
     /// Files over [`MAX_TRANSCRIPT_BYTES`] are refused before mapping.
@@ -365,8 +450,8 @@ fn check_bomb(size: u64, compressed: u64) -> Result<(), ImError> {
     Ok(())
 }
 
-fn ts_attr(
-    r: &quick_xml::Reader<&[u8]>,
+fn ts_attr<R>(
+    r: &quick_xml::Reader<R>,
     e: &quick_xml::events::BytesStart<'_>,
     el: &'static str,
     name: &'static str,
@@ -379,8 +464,8 @@ fn ts_attr(
     }
 }
 
-fn req_attr(
-    r: &quick_xml::Reader<&[u8]>,
+fn req_attr<R>(
+    r: &quick_xml::Reader<R>,
     e: &quick_xml::events::BytesStart<'_>,
     el: &'static str,
     name: &'static str,
@@ -395,8 +480,8 @@ fn req_attr(
     Ok(v)
 }
 
-fn opt_attr(
-    r: &quick_xml::Reader<&[u8]>,
+fn opt_attr<R>(
+    r: &quick_xml::Reader<R>,
     e: &quick_xml::events::BytesStart<'_>,
     el: &'static str,
     name: &'static str,
@@ -424,6 +509,34 @@ struct OpenMessage {
     depth: usize,
     /// Depth of the open `<edit>` (its text goes to the edit), if any.
     edit: Option<(usize, Edit)>,
+    /// Bytes of text held for this message (its text and every edit's).
+    size: usize,
+}
+
+impl OpenMessage {
+    fn text_len(&self) -> usize {
+        self.msg.text.len() + self.edit.as_ref().map_or(0, |(_, e)| e.text.len())
+    }
+
+    /// Counts `n` more bytes held for this message: one message (its text and
+    /// edit history) is the most a streaming reader holds at once, so it is
+    /// bounded as a whole, not only per text.
+    fn grow(&mut self, n: usize, large: &mut Option<LargeMessage>) -> Result<(), ImError> {
+        self.size += n;
+        if self.size > LARGE_MESSAGE_BYTES && large.is_none() {
+            *large = Some(LargeMessage::acquire());
+        }
+        if self.size > MAX_MESSAGE_BYTES {
+            return Err(ImError::Invalid(
+                "message",
+                format!(
+                    "message {:?} holds more than {MAX_MESSAGE_BYTES} bytes of text and edits",
+                    self.msg.id
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Streams a transcript XML: `sink` receives every message and attachment
@@ -440,163 +553,244 @@ pub fn parse_stream(xml_bytes: &[u8], sink: &mut dyn FnMut(Item)) -> Result<Head
         });
     }
     let text = xml::check_utf8(xml_bytes)?;
-    let mut r = xml::reader(text);
-    let mut header: Option<Header> = None;
-    // Names of open elements below the root.
-    let mut stack: Vec<String> = Vec::new();
-    let mut open: Option<OpenMessage> = None;
-    let mut root_closed = false;
+    let mut p = Parser::new(text.as_bytes());
+    while let Some(item) = p.next_item()? {
+        sink(item);
+    }
+    p.finish()
+}
 
-    loop {
-        let ev = r.read_event().map_err(|e| xml::malformed(&r, e))?;
-        match &ev {
-            Event::Eof => break,
-            Event::DocType(_) => return Err(XmlError::Doctype.into()),
-            Event::Start(e) | Event::Empty(e) => {
-                let empty = matches!(ev, Event::Empty(_));
-                let name = xml::local_name(e);
-                if root_closed {
-                    return Err(xml::malformed(&r, "content after the root element").into());
-                }
-                let Some(h) = header.as_mut() else {
-                    if name != "transcript" {
-                        return Err(ImError::Root(name));
-                    }
-                    let kind_s = req_attr(&r, e, "transcript", "kind")?;
-                    let kind = Kind::parse(&kind_s).ok_or_else(|| {
-                        ImError::Invalid(
-                            "transcript",
-                            format!("kind {kind_s:?} is not direct, group or team"),
-                        )
-                    })?;
-                    header = Some(Header {
-                        conversation_id: req_attr(&r, e, "transcript", "conversation_id")?,
-                        kind,
-                        title: opt_attr(&r, e, "transcript", "title")?,
-                        owner: opt_attr(&r, e, "transcript", "owner")?,
-                        participants: Vec::new(),
-                    });
-                    if empty {
-                        root_closed = true;
-                    }
-                    continue;
-                };
-                if stack.len() >= MAX_DEPTH {
-                    return Err(XmlError::TooDeep(MAX_DEPTH).into());
-                }
-                let depth = stack.len() + 1;
-                let parent = stack.last().map(String::as_str);
-                match (depth, parent, name.as_str()) {
-                    (2, Some("participants"), "participant") => {
-                        if h.participants.len() >= MAX_PARTICIPANTS {
-                            return Err(ImError::Invalid("participants", "too many".into()));
+/// A pull parser over a transcript XML read from any buffered reader: one
+/// message (or attachment) at a time, so memory does not grow with the
+/// transcript. [`parse_stream`] is this parser over bytes in memory; a
+/// reader from [`stream::xml_reader`] also checks UTF-8 and the size caps as
+/// the bytes go by.
+pub struct Parser<R: BufRead> {
+    r: quick_xml::Reader<R>,
+    buf: Vec<u8>,
+    header: Option<Header>,
+    /// Names of open elements below the root.
+    stack: Vec<String>,
+    open: Option<OpenMessage>,
+    root_closed: bool,
+    ended: bool,
+    /// Held while the current (or last returned) message is large.
+    large: Option<LargeMessage>,
+}
+
+impl<R: BufRead> Parser<R> {
+    /// A parser reading `inner` (untrusted: no DOCTYPE, predefined entities only).
+    pub fn new(inner: R) -> Parser<R> {
+        let mut r = quick_xml::Reader::from_reader(inner);
+        let c = r.config_mut();
+        c.check_end_names = true;
+        c.expand_empty_elements = false;
+        c.trim_text(false);
+        Parser {
+            r,
+            buf: Vec::new(),
+            header: None,
+            stack: Vec::new(),
+            open: None,
+            root_closed: false,
+            ended: false,
+            large: None,
+        }
+    }
+
+    /// The conversation header as read so far (the root's attributes, and
+    /// the participants met so far).
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// The next message or attachment in document order; `None` at the end
+    /// of a complete document.
+    pub fn next_item(&mut self) -> Result<Option<Item>, ImError> {
+        // The caller is done with the previous item.
+        self.large = None;
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            self.buf.clear();
+            let r = &mut self.r;
+            let ev = r
+                .read_event_into(&mut self.buf)
+                .map_err(|e| stream::reader_error(r, e))?;
+            let r = &self.r;
+            match &ev {
+                Event::Eof => {
+                    self.ended = true;
+                    return match &self.header {
+                        Some(_) if self.root_closed => Ok(None),
+                        Some(_) => Err(xml::malformed(r, "unexpected end of document").into()),
+                        None => Err(XmlError::Malformed {
+                            pos: 0,
+                            msg: "no root element".into(),
                         }
-                        h.participants.push(Participant {
-                            id: req_attr(&r, e, "participant", "id")?,
-                            address: opt_attr(&r, e, "participant", "address")?,
-                            name: opt_attr(&r, e, "participant", "name")?,
-                            internal: parse_bool(
-                                "participant",
-                                &opt_attr(&r, e, "participant", "internal")?,
-                            )?,
-                        });
+                        .into()),
+                    };
+                }
+                Event::DocType(_) => return Err(XmlError::Doctype.into()),
+                Event::Start(e) | Event::Empty(e) => {
+                    let empty = matches!(ev, Event::Empty(_));
+                    let name = xml::local_name(e);
+                    if self.root_closed {
+                        return Err(xml::malformed(r, "content after the root element").into());
                     }
-                    (1, _, "message") => {
-                        let deleted =
-                            parse_bool("message", &opt_attr(&r, e, "message", "deleted")?)?;
-                        let msg = Message {
-                            id: req_attr(&r, e, "message", "id")?,
-                            timestamp: ts_attr(&r, e, "message", "timestamp")?
-                                .ok_or(ImError::Missing("message", "timestamp"))?,
-                            from: req_attr(&r, e, "message", "from")?,
-                            text: String::new(),
-                            deleted,
-                            deleted_at: ts_attr(&r, e, "message", "deleted_at")?,
-                            deleted_by: Some(opt_attr(&r, e, "message", "deleted_by")?)
-                                .filter(|s| !s.is_empty()),
-                            edits: Vec::new(),
-                        };
+                    let Some(h) = self.header.as_mut() else {
+                        if name != "transcript" {
+                            return Err(ImError::Root(name));
+                        }
+                        let kind_s = req_attr(r, e, "transcript", "kind")?;
+                        let kind = Kind::parse(&kind_s).ok_or_else(|| {
+                            ImError::Invalid(
+                                "transcript",
+                                format!("kind {kind_s:?} is not direct, group or team"),
+                            )
+                        })?;
+                        self.header = Some(Header {
+                            conversation_id: req_attr(r, e, "transcript", "conversation_id")?,
+                            kind,
+                            title: opt_attr(r, e, "transcript", "title")?,
+                            owner: opt_attr(r, e, "transcript", "owner")?,
+                            participants: Vec::new(),
+                        });
                         if empty {
-                            sink(Item::Message(msg));
-                        } else {
-                            open = Some(OpenMessage {
-                                msg,
-                                depth,
-                                edit: None,
+                            self.root_closed = true;
+                        }
+                        continue;
+                    };
+                    if self.stack.len() >= MAX_DEPTH {
+                        return Err(XmlError::TooDeep(MAX_DEPTH).into());
+                    }
+                    let depth = self.stack.len() + 1;
+                    let parent = self.stack.last().map(String::as_str);
+                    let mut item = None;
+                    match (depth, parent, name.as_str()) {
+                        (2, Some("participants"), "participant") => {
+                            if h.participants.len() >= MAX_PARTICIPANTS {
+                                return Err(ImError::Invalid("participants", "too many".into()));
+                            }
+                            h.participants.push(Participant {
+                                id: req_attr(r, e, "participant", "id")?,
+                                address: opt_attr(r, e, "participant", "address")?,
+                                name: opt_attr(r, e, "participant", "name")?,
+                                internal: parse_bool(
+                                    "participant",
+                                    &opt_attr(r, e, "participant", "internal")?,
+                                )?,
                             });
                         }
-                    }
-                    (2, Some("message"), "edit") => {
-                        let edit = Edit {
-                            timestamp: ts_attr(&r, e, "edit", "timestamp")?
-                                .ok_or(ImError::Missing("edit", "timestamp"))?,
-                            by: opt_attr(&r, e, "edit", "by")?,
-                            text: String::new(),
-                        };
-                        if let Some(m) = open.as_mut() {
+                        (1, _, "message") => {
+                            let deleted =
+                                parse_bool("message", &opt_attr(r, e, "message", "deleted")?)?;
+                            let msg = Message {
+                                id: req_attr(r, e, "message", "id")?,
+                                timestamp: ts_attr(r, e, "message", "timestamp")?
+                                    .ok_or(ImError::Missing("message", "timestamp"))?,
+                                from: req_attr(r, e, "message", "from")?,
+                                text: String::new(),
+                                deleted,
+                                deleted_at: ts_attr(r, e, "message", "deleted_at")?,
+                                deleted_by: Some(opt_attr(r, e, "message", "deleted_by")?)
+                                    .filter(|s| !s.is_empty()),
+                                edits: Vec::new(),
+                            };
                             if empty {
-                                m.msg.edits.push(edit);
+                                item = Some(Item::Message(msg));
                             } else {
-                                m.edit = Some((depth, edit));
+                                self.open = Some(OpenMessage {
+                                    msg,
+                                    depth,
+                                    edit: None,
+                                    size: 0,
+                                });
                             }
                         }
-                    }
-                    (1, _, "attachment") => {
-                        sink(Item::Attachment(Attachment {
-                            message_id: req_attr(&r, e, "attachment", "message_id")?,
-                            file: req_attr(&r, e, "attachment", "file")?,
-                        }));
-                    }
-                    _ => {}
-                }
-                if !empty {
-                    stack.push(name);
-                }
-            }
-            Event::End(_) => {
-                let Some(_) = stack.pop() else {
-                    root_closed = true;
-                    continue;
-                };
-                let depth = stack.len() + 1;
-                if let Some(m) = open.as_mut() {
-                    if let Some((d, _)) = &m.edit {
-                        if *d == depth {
-                            if let Some((_, mut ed)) = m.edit.take() {
-                                ed.text = ed.text.trim().to_string();
-                                m.msg.edits.push(ed);
+                        (2, Some("message"), "edit") => {
+                            let edit = Edit {
+                                timestamp: ts_attr(r, e, "edit", "timestamp")?
+                                    .ok_or(ImError::Missing("edit", "timestamp"))?,
+                                by: opt_attr(r, e, "edit", "by")?,
+                                text: String::new(),
+                            };
+                            if let Some(m) = self.open.as_mut() {
+                                m.grow(edit.by.len(), &mut self.large)?;
+                                if empty {
+                                    m.msg.edits.push(edit);
+                                } else {
+                                    m.edit = Some((depth, edit));
+                                }
                             }
                         }
-                    }
-                    if m.depth == depth {
-                        if let Some(mut m) = open.take() {
-                            m.msg.text = m.msg.text.trim().to_string();
-                            sink(Item::Message(m.msg));
+                        (1, _, "attachment") => {
+                            item = Some(Item::Attachment(Attachment {
+                                message_id: req_attr(r, e, "attachment", "message_id")?,
+                                file: req_attr(r, e, "attachment", "file")?,
+                            }));
                         }
+                        _ => {}
+                    }
+                    if !empty {
+                        self.stack.push(name);
+                    }
+                    if item.is_some() {
+                        return Ok(item);
                     }
                 }
-            }
-            other => {
-                if let Some(m) = open.as_mut() {
-                    let out = match m.edit.as_mut() {
-                        Some((_, ed)) => &mut ed.text,
-                        None => &mut m.msg.text,
+                Event::End(_) => {
+                    let Some(_) = self.stack.pop() else {
+                        self.root_closed = true;
+                        continue;
                     };
-                    xml::push_text(&r, other, out, MAX_TEXT, "message")?;
-                } else if let Event::GeneralRef(g) = other {
-                    xml::resolve_ref(&r, g)?;
+                    let depth = self.stack.len() + 1;
+                    if let Some(m) = self.open.as_mut() {
+                        if let Some((d, _)) = &m.edit {
+                            if *d == depth {
+                                if let Some((_, mut ed)) = m.edit.take() {
+                                    ed.text = ed.text.trim().to_string();
+                                    m.msg.edits.push(ed);
+                                }
+                            }
+                        }
+                        if m.depth == depth {
+                            if let Some(mut m) = self.open.take() {
+                                m.msg.text = m.msg.text.trim().to_string();
+                                return Ok(Some(Item::Message(m.msg)));
+                            }
+                        }
+                    }
+                }
+                other => {
+                    if let Some(m) = self.open.as_mut() {
+                        let before = m.text_len();
+                        let out = match m.edit.as_mut() {
+                            Some((_, ed)) => &mut ed.text,
+                            None => &mut m.msg.text,
+                        };
+                        xml::push_text(r, other, out, MAX_TEXT, "message")?;
+                        let added = m.text_len() - before;
+                        m.grow(added, &mut self.large)?;
+                    } else if let Event::GeneralRef(g) = other {
+                        xml::resolve_ref(r, g)?;
+                    }
                 }
             }
         }
     }
-    match header {
-        Some(h) if root_closed => Ok(h),
-        Some(_) => Err(xml::malformed(&r, "unexpected end of document").into()),
-        None => Err(XmlError::Malformed {
-            pos: 0,
-            msg: "no root element".into(),
-        }
-        .into()),
+
+    /// Reads to the end and returns the complete header (every participant).
+    pub fn finish(mut self) -> Result<Header, ImError> {
+        while self.next_item()?.is_some() {}
+        self.header.ok_or_else(|| {
+            XmlError::Malformed {
+                pos: 0,
+                msg: "no root element".into(),
+            }
+            .into()
+        })
     }
 }
 
@@ -618,6 +812,52 @@ mod tests {
   </message>
   <attachment message_id="m-3" file="term-sheet.pdf"/>
 </transcript>"#;
+
+    fn one_large(id: &str) -> String {
+        format!(
+            r#"<transcript conversation_id="c" kind="team"><message id="{id}" timestamp="2026.11.21 14:03:07.120" from="u">{}</message><message id="small" timestamp="2026.11.21 14:03:07.120" from="u">x</message></transcript>"#,
+            "y".repeat(LARGE_MESSAGE_BYTES + 10)
+        )
+    }
+
+    #[test]
+    fn one_large_message_at_a_time_across_threads_never_within_one() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+        let a_xml = one_large("a");
+        // One thread may hold two parsers in a large message at once.
+        let mut p1 = Parser::new(a_xml.as_bytes());
+        let mut p2 = Parser::new(a_xml.as_bytes());
+        assert!(matches!(p1.next_item(), Ok(Some(Item::Message(_)))));
+        assert!(matches!(p2.next_item(), Ok(Some(Item::Message(_)))));
+        drop((p1, p2));
+
+        let held = Arc::new(Barrier::new(2));
+        let b_done = Arc::new(AtomicBool::new(false));
+        let (h2, d2) = (held.clone(), b_done.clone());
+        let mut pa = Parser::new(a_xml.as_bytes());
+        assert!(matches!(pa.next_item(), Ok(Some(Item::Message(m))) if m.id == "a"));
+        let b = std::thread::spawn(move || {
+            let xml = one_large("b");
+            let mut pb = Parser::new(xml.as_bytes());
+            h2.wait();
+            let first = pb.next_item();
+            d2.store(true, Ordering::SeqCst);
+            assert!(matches!(first, Ok(Some(Item::Message(m))) if m.id == "b"));
+            pb.finish().unwrap();
+        });
+        held.wait();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !b_done.load(Ordering::SeqCst),
+            "a second large message is parsed while the first is held"
+        );
+        // Asking for the next item releases the permit.
+        assert!(matches!(pa.next_item(), Ok(Some(Item::Message(m))) if m.id == "small"));
+        b.join().unwrap();
+        assert!(b_done.load(Ordering::SeqCst));
+        pa.finish().unwrap();
+    }
 
     #[test]
     fn parses_sample() {
