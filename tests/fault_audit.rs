@@ -43,15 +43,20 @@ fn export_rows(a: &Appliance) -> BTreeMap<String, usize> {
 /// After the faults: one export row per due copy, the files right, `audit
 /// verify` ok, and a `run --until-idle` over the same state finds nothing
 /// left to do (the journal agrees with the log).
-fn check_once_and_consistent(a: &Appliance, n: usize) {
+fn check_once_and_consistent(a: &Appliance, n: usize, log: &str) {
     let due = due_copies(&a.config, &a.spool);
     assert_eq!(due.len(), n);
     let rep = check_exactly_once(a, &due);
     assert_eq!(
         rep.duplicate_rows,
         0,
-        "one export row per copy: {:?}",
-        export_rows(a)
+        "one export row per copy: {:?}\nrows: {:?}\nlog tail:\n{}",
+        export_rows(a),
+        a.audit_rows()
+            .iter()
+            .map(|r| format!("{} {} {}", r[0], r[1], r[10]))
+            .collect::<Vec<_>>(),
+        tail(log, 6000)
     );
     let rows_before = a.audit_rows().len();
     let out = a.run_until_idle();
@@ -126,7 +131,7 @@ fn a_full_state_disk_tears_no_row_and_the_backlog_drains_once_space_is_back() {
     );
     let (code, err) = d.stop();
     assert_eq!(code, 0, "{}", tail(&err, 2000));
-    check_once_and_consistent(&a, n + 1);
+    check_once_and_consistent(&a, n + 1, &fs::read_to_string(&log).unwrap_or_default());
     drop(small);
 }
 
@@ -191,7 +196,7 @@ fn a_short_write_on_the_audit_file_is_cut_off_and_written_again_once() {
     });
     let (code, err) = d.stop();
     assert_eq!(code, 0, "{}", tail(&err, 2000));
-    check_once_and_consistent(&a, n);
+    check_once_and_consistent(&a, n, &fs::read_to_string(&log).unwrap_or_default());
 }
 
 #[test]
@@ -233,7 +238,7 @@ fn a_failed_audit_fdatasync_is_not_counted_durable_and_its_row_is_written_once()
     );
     assert!(err.contains("retrying"), "{}", tail(&err, 3000));
     assert_eq!(export_rows(&a).len(), n);
-    check_once_and_consistent(&a, n);
+    check_once_and_consistent(&a, n, &err);
 }
 
 #[test]
@@ -287,5 +292,5 @@ fn a_failed_journal_fdatasync_is_cut_back_and_every_copy_is_journaled_once() {
     // No clean shutdown (no compaction rewriting the journal from memory):
     // the next start reads what is on disk.
     d.kill9();
-    check_once_and_consistent(&a, n);
+    check_once_and_consistent(&a, n, &fs::read_to_string(&log).unwrap_or_default());
 }

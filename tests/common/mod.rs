@@ -151,8 +151,13 @@ impl Appliance {
     pub fn audit_rows(&self) -> Vec<Vec<String>> {
         let mut rows = Vec::new();
         let dir = self.state.join("audit");
+        // The day files only (not `.lock`, nor cut-off tails kept as
+        // `audit-YYYYMMDD.csv.damaged-<offset>`).
         let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
-            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Ok(rd) => rd
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+                .collect(),
             Err(_) => return rows,
         };
         files.sort();
