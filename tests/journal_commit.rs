@@ -235,7 +235,7 @@ fn a_failed_journal_fdatasync_is_not_trusted_and_loses_nothing() {
 
 #[test]
 fn valid_journal_frames_after_damaged_bytes_are_salvaged_not_cut() {
-    use exportd::journal::{Decoded, decode_one};
+    use exportd::journal::{decode_frames, encode_frame};
     let a = Appliance::new(1);
     a.write_config(&config(&a));
     let ids: Vec<String> = (0..12).map(|i| format!("dm{i}")).collect();
@@ -250,13 +250,10 @@ fn valid_journal_frames_after_damaged_bytes_are_salvaged_not_cut() {
     // the start of a frame, then valid frames.
     let jpath = a.state.join("journal.log");
     let bytes = fs::read(&jpath).unwrap();
-    let mut at = 0;
-    for _ in 0..3 {
-        match decode_one(&bytes[at..]) {
-            Decoded::Frame(_, len) => at += len,
-            other => panic!("journal frame expected at {at}: {other:?}"),
-        }
-    }
+    let (entries, valid) = decode_frames(&bytes);
+    assert_eq!(valid, bytes.len(), "a clean journal to start with");
+    assert!(entries.len() > 6, "{entries:?}");
+    let at: usize = entries[..3].iter().map(|e| encode_frame(e).len()).sum();
     let mut damaged = bytes[..at].to_vec();
     damaged.extend_from_slice(&bytes[at..at + 9]);
     damaged.extend_from_slice(&bytes[at..]);
@@ -265,15 +262,16 @@ fn valid_journal_frames_after_damaged_bytes_are_salvaged_not_cut() {
     let out = a.run_until_idle();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{}", tail(&err, 3000));
+    assert_eq!(
+        a.audit_rows().len(),
+        n,
+        "no record after the damage is exported again; log:\n{}",
+        tail(&err, 3000)
+    );
     assert!(
         err.contains("DAMAGED") && err.contains(&format!("offset {at}")),
         "the damage is reported with its offset; log:\n{}",
         tail(&err, 3000)
-    );
-    assert_eq!(
-        a.audit_rows().len(),
-        n,
-        "no record after the damage is exported again"
     );
     assert!(
         a.state.join(format!("journal.log.damaged-{at}")).exists(),
