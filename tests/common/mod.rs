@@ -684,6 +684,13 @@ pub fn check_exactly_once(a: &Appliance, due: &[DueCopy]) -> OnceReport {
             rep.extra_rows += n - n_targets;
         }
     }
+    // One export row per copy, ever: a crash between the row and the
+    // journal entry is resolved at startup from the audit log.
+    assert_eq!(
+        rep.extra_rows, 0,
+        "{} due copies have more than one export row ({} extra rows)",
+        rep.duplicate_rows, rep.extra_rows
+    );
     rep
 }
 
