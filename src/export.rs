@@ -281,6 +281,11 @@ fn crash_window_hook() {
     }
 }
 
+/// The largest `messages.json` whose messages are also listed one by one
+/// in the vCon (parsed into memory for it); a larger chat's vCon references
+/// the file instead.
+const VCON_INLINE_MAX: u64 = 8 << 20;
+
 /// A missing age identity (the key store's `PermissionDenied`), not an
 /// EACCES on a spool file (that is transient: retried).
 fn is_no_key(e: &io::Error) -> bool {
@@ -1021,9 +1026,13 @@ fn copy_one(
             written.push((ms.name.clone(), r.sha256, r.sha512, r.bytes));
         }
         if cp.policy.settings.vcon {
+            // Memory stays bounded: a chat whose messages.json is large gets
+            // a vCon that references that file (with its content hash)
+            // instead of one dialog per message held in memory.
+            let inline = written.get(content).is_some_and(|w| w.3 <= VCON_INLINE_MAX);
             let transcript = match &messages {
-                Some(ms) => Some(ms.transcript().map_err(CopyError::Generate)?),
-                None => None,
+                Some(ms) if inline => Some(ms.transcript().map_err(CopyError::Generate)?),
+                _ => None,
             };
             let mfile = match (&messages, written.get(content)) {
                 (Some(ms), Some((_, _, sha512, bytes))) => Some(crate::vcon::ExportedFile {

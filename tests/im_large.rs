@@ -65,9 +65,18 @@ fn im_record(a: &Appliance, id: &str, transcript: &[u8]) {
 }
 
 fn appliance() -> Appliance {
+    appliance_with("")
+}
+
+/// `settings`: the policy's settings table body (e.g. `vcon = true`).
+fn appliance_with(settings: &str) -> Appliance {
     let a = Appliance::new(1);
     let mut c = a.head(1);
-    c.push_str("[[policies]]\nid = \"p\"\nname = \"Chat\"\ntargets = [\"t0\"]\n\n");
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"Chat\"\ntargets = [\"t0\"]\n");
+    if !settings.is_empty() {
+        c.push_str(&format!("settings = {{ {settings} }}\n"));
+    }
+    c.push('\n');
     c.push_str(&user("u-1", &["sip:u-1@corp.example"], &["p"]));
     a.write_config(&c);
     a
@@ -212,4 +221,57 @@ fn a_large_transcript_exports_in_bounded_memory() {
         "transcript, messages.json, xml: {:?}",
         rows[0]
     );
+}
+
+/// With `vcon = true` the vCon of a large chat must not hold every message
+/// in memory either: past 8 MiB of `messages.json` it references that file
+/// (by name and content hash) instead of listing each message as a dialog.
+#[test]
+fn a_large_transcript_with_a_vcon_stays_bounded() {
+    let mib = env_u64("EXPORTD_BIG_TRANSCRIPT_MIB", 24).div_ceil(2);
+    let a = appliance_with("vcon = true");
+    let day = a.spool.join("2026/11/21");
+    fs::create_dir_all(&day).unwrap();
+    write_transcript(&day.join("big.im"), mib);
+    let mut r = Rec::voice("big", "sip:u-1@corp.example");
+    r.modality = "im".into();
+    r.platform = "symphony".into();
+    r.files = Vec::new();
+    r.extra_xml = String::new();
+    let xml = r.xml().replace(
+        "  <files>\n",
+        "  <files>\n    <file role=\"transcript\">big.im</file>\n",
+    );
+    fs::write(day.join("big.xml"), xml).unwrap();
+
+    let (code, hwm_kib, stderr) = run_measured(&a);
+    assert_eq!(code, 0, "{stderr}");
+    println!(
+        "exportd run --until-idle, {mib} MiB transcript with a vCon: VmHWM {:.1} MiB",
+        hwm_kib as f64 / 1024.0
+    );
+    assert!(
+        hwm_kib < 64 * 1024,
+        "peak resident set {hwm_kib} KiB for a {mib} MiB transcript with a vCon: over 64 MiB"
+    );
+    let folder = a.targets[0].join("2026/11/21/u-1/big");
+    let messages = fs::metadata(folder.join("big.messages.json"))
+        .unwrap()
+        .len();
+    let vcon: serde_json::Value =
+        serde_json::from_slice(&fs::read(folder.join("big.vcon.json")).unwrap()).unwrap();
+    let text = vcon.to_string();
+    assert!(
+        text.contains("big.messages.json"),
+        "the vCon references messages.json"
+    );
+    let dialogs = vcon["dialog"].as_array().map_or(0, |d| d.len());
+    if messages > 8 << 20 {
+        assert!(
+            dialogs < 10,
+            "a {messages}-byte messages.json must not be inlined as {dialogs} dialogs"
+        );
+    }
+    let rows = a.rows_with("export");
+    assert_eq!(rows.len(), 1, "{rows:?}");
 }
