@@ -27,14 +27,30 @@ impl SpoolOpener for PlainOpener {
                 "encrypted (.age) file needs the key store's opener",
             ));
         }
-        let meta = std::fs::symlink_metadata(path)?;
-        if meta.file_type().is_symlink() {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NOFOLLOW: a symlink is refused (ELOOP); O_NONBLOCK: a FIFO never
+        // blocks the open, and anything but a regular file is refused.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "symlinks are not followed in the spool",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        if !f.metadata()?.is_file() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "symlinks are not followed in the spool",
+                "not a regular file (FIFO, socket, device or folder): refused",
             ));
         }
-        Ok(Box::new(std::fs::File::open(path)?))
+        Ok(Box::new(f))
     }
 }
 
@@ -173,5 +189,44 @@ impl UserIndex {
     pub(crate) fn record(&self, r: &Record) -> bool {
         self.by_key(&r.recorded_extension).is_some()
             || r.participants.iter().any(|p| self.participant(p).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_opener_refuses_fifos_and_symlinks_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("chat.im");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // A real FIFO (mkfifo).
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            c.as_c_str(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Would block for ever in open(2) without O_NONBLOCK.
+        let e = PlainOpener.open(&fifo).err().expect("a FIFO is refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+
+        let real = d.path().join("real.im");
+        std::fs::write(&real, b"<transcript/>").unwrap();
+        let link = d.path().join("link.im");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = PlainOpener.open(&link).err().expect("a symlink is refused");
+        assert!(e.to_string().contains("symlinks"), "{e}");
+
+        let mut s = String::new();
+        PlainOpener
+            .open(&real)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "<transcript/>");
     }
 }
