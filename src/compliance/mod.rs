@@ -435,7 +435,11 @@ pub fn run(
     // 3. Write the zip.
     // A fresh, unpredictable temp name, created O_EXCL|O_NOFOLLOW: a link
     // planted under any name is never written through.
-    let tmp_name = format!(".{}.{}.zip.tmp", req.request_id, nonce());
+    let tmp_name = format!(
+        ".{}.{}.zip.tmp",
+        req.request_id,
+        crate::target::fs::start_nonce()
+    );
     let tmp = out_path.join(&tmp_name);
     let file = handle::create_new(&out_dir, &tmp_name, 0o640).map_err(io_err(&tmp))?;
     let result = write_zip(
@@ -835,17 +839,4 @@ fn publish(
     }
     let parent = final_path.parent().unwrap_or(final_path);
     dir.sync_all().map_err(io_err(parent))
-}
-
-/// A random suffix for temp names (16 hex digits).
-fn nonce() -> String {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = ((t as u64) ^ ((std::process::id() as u64) << 32)).to_le_bytes();
-    }
-    hex::encode(b)
 }

@@ -239,8 +239,9 @@ fn agent_tag(agent_id: &str) -> String {
     if t.is_empty() { "agent".into() } else { t }
 }
 
-/// A random nonce for this process start (16 hex digits).
-fn start_nonce() -> String {
+/// A random nonce (16 hex digits): unique per process start for temp names,
+/// per file for compliance zips.
+pub(crate) fn start_nonce() -> String {
     let mut b = [0u8; 8];
     if getrandom::fill(&mut b).is_err() {
         // No random source: time and pid are still unique enough per start.
