@@ -172,10 +172,9 @@ fn small_transcripts_give_the_in_memory_messages_json_byte_for_byte() {
     }
 }
 
-#[test]
-fn a_large_transcript_exports_in_bounded_memory() {
-    let mib = env_u64("EXPORTD_BIG_TRANSCRIPT_MIB", 24);
-    let a = appliance();
+/// Writes the IM record `big` with a transcript of about `mib` MiB into
+/// the spool's day folder; returns the folder and the number of messages.
+fn big_record(a: &Appliance, mib: u64) -> (std::path::PathBuf, u64) {
     let day = a.spool.join("2026/11/21");
     fs::create_dir_all(&day).unwrap();
     let n = write_transcript(&day.join("big.im"), mib);
@@ -189,6 +188,14 @@ fn a_large_transcript_exports_in_bounded_memory() {
         "  <files>\n    <file role=\"transcript\">big.im</file>\n",
     );
     fs::write(day.join("big.xml"), xml).unwrap();
+    (day, n)
+}
+
+#[test]
+fn a_large_transcript_exports_in_bounded_memory() {
+    let mib = env_u64("EXPORTD_BIG_TRANSCRIPT_MIB", 24);
+    let a = appliance();
+    let (day, n) = big_record(&a, mib);
 
     let (code, hwm_kib, stderr) = run_measured(&a);
     assert_eq!(code, 0, "{stderr}");
@@ -230,19 +237,7 @@ fn a_large_transcript_exports_in_bounded_memory() {
 fn a_large_transcript_with_a_vcon_stays_bounded() {
     let mib = env_u64("EXPORTD_BIG_TRANSCRIPT_MIB", 24).div_ceil(2);
     let a = appliance_with("vcon = true");
-    let day = a.spool.join("2026/11/21");
-    fs::create_dir_all(&day).unwrap();
-    write_transcript(&day.join("big.im"), mib);
-    let mut r = Rec::voice("big", "sip:u-1@corp.example");
-    r.modality = "im".into();
-    r.platform = "symphony".into();
-    r.files = Vec::new();
-    r.extra_xml = String::new();
-    let xml = r.xml().replace(
-        "  <files>\n",
-        "  <files>\n    <file role=\"transcript\">big.im</file>\n",
-    );
-    fs::write(day.join("big.xml"), xml).unwrap();
+    big_record(&a, mib);
 
     let (code, hwm_kib, stderr) = run_measured(&a);
     assert_eq!(code, 0, "{stderr}");
