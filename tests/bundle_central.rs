@@ -434,7 +434,7 @@ fn http_errors_and_long_poll_timeout() {
         &pki,
         Box::new(|req: &Seen| {
             if req.target.ends_with("after=7") {
-                std::thread::sleep(Duration::from_millis(1500));
+                std::thread::sleep(Duration::from_millis(6000));
                 (204, Vec::new())
             } else {
                 (403, b"agent not enrolled".to_vec())
@@ -443,7 +443,9 @@ fn http_errors_and_long_poll_timeout() {
     );
     let opts = CentralOptions {
         connect_timeout: Duration::from_secs(5),
-        poll_timeout: Duration::from_millis(300),
+        // Room for a TLS handshake and a 403 under emulation (qemu-user on a
+        // loaded machine took over 300 ms); the 204 comes 6 s late.
+        poll_timeout: Duration::from_millis(2000),
     };
     let client = CentralClient::with_options(&config(&pki, &server.url()), "a1", opts).unwrap();
     match client.fetch_bundle(0) {
