@@ -339,13 +339,7 @@ fn transient_read_errors_are_retried_with_one_row_per_outage() {
 #[test]
 fn fifos_in_the_spool_never_block_a_worker() {
     let a = Appliance::new(1);
-    // `workers` belongs to the head: before the tables.
-    let c0 = a.head(600);
-    let mut c = c0.replacen(
-        "incomplete_grace_s = 600\n",
-        "incomplete_grace_s = 600\nworkers = 2\n",
-        1,
-    );
+    let mut c = a.head_with_workers(600, 2);
     policy(&mut c);
     a.write_config(&c);
     let log = a.dir.path().join("daemon.log");
@@ -411,12 +405,7 @@ fn fifos_in_the_spool_never_block_a_worker() {
 #[test]
 fn a_folder_swapped_with_a_symlink_never_exports_an_outside_file() {
     let a = Appliance::new(1);
-    let c0 = a.head(600);
-    let mut c = c0.replacen(
-        "incomplete_grace_s = 600\n",
-        "incomplete_grace_s = 600\nworkers = 4\n",
-        1,
-    );
+    let mut c = a.head_with_workers(600, 4);
     policy(&mut c);
     a.write_config(&c);
     let dir = a.spool.join("d");

@@ -59,8 +59,17 @@ impl Appliance {
 
     /// The common head of a config (agent, paths, grace, targets).
     pub fn head(&self, grace_s: u64) -> String {
+        self.head_with(grace_s, "")
+    }
+
+    /// The head with `workers` copy workers (a head setting, before the tables).
+    pub fn head_with_workers(&self, grace_s: u64, workers: u32) -> String {
+        self.head_with(grace_s, &format!("workers = {workers}\n"))
+    }
+
+    fn head_with(&self, grace_s: u64, extra: &str) -> String {
         let mut s = format!(
-            "agent_id = \"it\"\nspool = [\"{}\"]\nstate_dir = \"{}\"\nkeys_dir = \"{}\"\nincomplete_grace_s = {grace_s}\n\n",
+            "agent_id = \"it\"\nspool = [\"{}\"]\nstate_dir = \"{}\"\nkeys_dir = \"{}\"\nincomplete_grace_s = {grace_s}\n{extra}\n",
             self.spool.display(),
             self.state.display(),
             self.keys.display()
