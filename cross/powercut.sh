@@ -306,6 +306,14 @@ mkdir -p "$H/keys"; chmod 700 "$H/keys"
 set +e
 "$CHECKER" --config "$W/host.toml" > "$W/check.txt" 2>&1; crc=$?
 "$HOSTX" audit verify --config "$W/host.toml" > "$W/verify-host.txt" 2>&1; hvrc=$?
+# The archive against the audit log and the signed checkpoints (issue 14):
+# a cut between a checkpoint and the next row must leave it verifying.
+# The accepted bundles name the guest's paths (/pc/archive): verify against
+# a copy of the state without them, so the host config's model (the same
+# policies, host paths) is the one in force.
+rm -rf "$W/hv"; mkdir -p "$W/hv"; cp -a "$H/state" "$W/hv/state"; rm -rf "$W/hv/state/bundle"
+sed "s#^state_dir = .*#state_dir = \"$W/hv/state\"#" "$W/host.toml" > "$W/hv.toml"
+"$HOSTX" archive verify --config "$W/hv.toml" --quiet > "$W/archive-verify-host.txt" 2>&1; avrc=$?
 set -e
 boot_of() {  # "YYYY.MM.DD HH:MM:SS.mmm" (UTC, an audit row's ts): the boot it was written in
   local t j; t=$(date -u -d "$(sed 's/^\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\)/\1-\2-\3/' <<<"$1")" +%s%3N 2>/dev/null) || { echo "?"; return; }
@@ -337,6 +345,8 @@ counts=$(sed -n 's/^counts: //p' "$W/check.txt")
 [ -n "$counts" ] || { cat "$W/check.txt"; die "the checker gave no counts (exit $crc)"; }
 echo "powercut: checker: $counts"
 [ "$hvrc" = 0 ] || { verify=FAILED; echo "powercut: audit verify on the host copy:"; cat "$W/verify-host.txt"; }
+archive=ok
+[ "$avrc" = 0 ] || { archive=FAILED; status=1; echo "powercut: archive verify on the host copy (exit $avrc):"; head -n 40 "$W/archive-verify-host.txt"; }
 c() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<<"$counts"; }
 [ "$crc" = 0 ] || status=1
 [ "$verify" = ok ] || status=1
@@ -344,5 +354,5 @@ secs=$(( ($(ms) - t_all) / 1000 ))
 echo "powercut: $CUTS cuts and the final check in ${secs}s ($(( CUTS > 0 ? secs / (CUTS + 1) : secs ))s per boot); seed $SEED"
 [ "$KEEP" = 1 ] && echo "powercut: kept $W (disk.img, boot-*.log.txt, final.log.txt, host/)"
 echo "powercut: $CUTS cuts, $(c due) due copies, $(c lost) lost, $(c duplicated) duplicated, $(c partial) partial," \
-     "$(c extra_rows) extra audit rows, audit verify $verify"
+     "$(c extra_rows) extra audit rows, audit verify $verify, archive verify $archive"
 exit $status

@@ -30,6 +30,7 @@ TIMEOUT=${TIMEOUT:-900}; TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 SYSROOT=${SYSROOT:-/usr/aarch64-linux-gnu}; STRIP=${STRIP:-1}; TEST_ARGS=${TEST_ARGS:-}
 VERBOSE=${VERBOSE:-1}; KEEP=${KEEP:-0}; SUMMARY_FILE=${SUMMARY_FILE:-}
 die() { echo "qemu-lane: $*" >&2; exit 2; }
+. "$(dirname "${BASH_SOURCE[0]}")/lane-table.sh"   # bin_row, bin_table
 for t in qemu-system-aarch64 cpio gzip dpkg-deb apt-get readelf timeout aarch64-linux-gnu-strip; do
   command -v $t >/dev/null || die "missing $t (run .ci/install-cross.sh)"; done
 
@@ -125,9 +126,10 @@ ln -sf /proc/self/fd /dev/fd 2>/dev/null; hostname lane; ifconfig lo 127.0.0.1 u
 echo "@@LANE START kernel=$(uname -r) cpus=$(nproc) up=$(cut -d' ' -f1 /proc/uptime)"
 fail=0; args=$(cat /lane/test-args); tt=$(cat /lane/test-timeout); tab=$(printf '\t')
 while IFS=$tab read -r n dir; do
-  echo "@@LANE BEGIN $n"
+  echo "@@LANE BEGIN $n (timeout ${tt}s)"; b0=$(cut -d' ' -f1 /proc/uptime)
   (cd "$dir" && exec timeout -s KILL "$tt" /tests/$n $args) </dev/null; rc=$?
-  echo; echo "@@LANE RC $n $rc"; [ $rc -eq 0 ] || fail=1
+  b1=$(cut -d' ' -f1 /proc/uptime)
+  echo; echo "@@LANE RC $n $rc $(awk -v a="$b0" -v b="$b1" 'BEGIN {printf "%.2f", b - a}')s"; [ $rc -eq 0 ] || fail=1
 done < /lane/list
 echo "@@LANE DONE fail=$fail up=$(cut -d' ' -f1 /proc/uptime)"
 sync; poweroff -f; echo o > /proc/sysrq-trigger; sleep 5
@@ -149,22 +151,29 @@ echo "qemu-lane: qemu exit $qrc after $ms ms" >&2
 [ "$qrc" = 124 ] && echo "qemu-lane: TIMEOUT after ${TIMEOUT}s (whole VM)" >&2
 
 # 4. verdict, from the console markers (a missing marker is a failure)
-status=0; bpass=0; bfail=0; tpass=0; tfail=0; tign=0
+status=0; bpass=0; bfail=0; tpass=0; tfail=0; tign=0; rows=()
 for n in "${names[@]}"; do
-  rc=$(sed -n "s/^@@LANE RC $n \([0-9]*\)$/\1/p" "$LOG" | tail -1)
+  rc=$(sed -n "s/^@@LANE RC $n \([0-9]*\)\( .*\)\{0,1\}$/\1/p" "$LOG" | tail -1)
+  bms=$(sed -n "s/^@@LANE RC $n [0-9]* \([0-9]*\)\.\([0-9]*\)s$/\1\20/p" "$LOG" | tail -1)
+  bms=${bms:+$((10#$bms))}
   # libtest's "test result:" lines between this binary's BEGIN and RC markers
-  read -r p f g < <(awk -v n="$n" '$0=="@@LANE BEGIN " n {on=1; next}
+  read -r p f g < <(awk -v n="$n" 'index($0, "@@LANE BEGIN " n " ")==1 || $0=="@@LANE BEGIN " n {on=1; next}
       on && index($0, "@@LANE RC " n " ")==1 {on=0}
       on && /^test result: / {for(j=1;j<=NF;j++){ if($(j)~/^passed;?$/)p+=$(j-1);
         if($(j)~/^failed;?$/)f+=$(j-1); if($(j)~/^ignored;?$/)g+=$(j-1)}}
       END {print p+0, f+0, g+0}' "$LOG")
   tpass=$((tpass+p)); tfail=$((tfail+f)); tign=$((tign+g))
+  short=$(sed 's/-[0-9a-f]\{16\}$//' <<<"$n")
   if [ "$rc" = 0 ]; then echo "PASS $n ($p passed, $g ignored)"; bpass=$((bpass+1))
+    rows+=("$(bin_row PASS "$short" "${bms:--}" "$TEST_TIMEOUT" "$p passed, $g ignored")")
   else
     why="rc=${rc:-missing}"; [ "$rc" = 137 ] && why="rc=137: killed, hung past TEST_TIMEOUT=${TEST_TIMEOUT}s?"
     echo "FAIL $n ($why; $p passed, $f failed)"; status=1; bfail=$((bfail+1))
+    rows+=("$(bin_row FAIL "$short" "${bms:--}" "$TEST_TIMEOUT" "$why; $p passed, $f failed")")
   fi
 done
+bin_table "aarch64 (QEMU VM, -smp $SMP)" "${rows[@]}"
+echo "qemu-lane: VM ${ms} ms of TIMEOUT=${TIMEOUT}s ($((ms / 10 / TIMEOUT))%)"
 grep -q '^@@LANE DONE' "$LOG" || { echo "FAIL: guest did not finish (qemu rc=$qrc)"; status=1; }
 if [ -n "$SUMMARY_FILE" ]; then
   printf 'binaries=%s\npassed=%s\nfailed=%s\ntests_passed=%s\ntests_failed=%s\ntests_ignored=%s\nms=%s\nstatus=%s\n' \

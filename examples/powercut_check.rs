@@ -23,8 +23,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use exportd::layout::{Values, metadata_name, plan_files, sanitize_component};
-use exportd::matcher::{Decision, Verdict, decide};
+use exportd::export::layout::{Values, metadata_name, plan_files, sanitize_component};
+use exportd::policy::matcher::{Decision, Verdict, decide};
 use exportd::record::Modality;
 use sha2::{Digest, Sha256};
 
@@ -98,15 +98,15 @@ fn sha256_file(p: &Path) -> Option<[u8; 32]> {
 }
 
 fn due_copies(config: &Path, rep: &mut Report) -> Result<(Vec<Due>, Vec<PathBuf>), String> {
-    let cfg = exportd::config::LocalConfig::load(config)
+    let cfg = exportd::policy::config::LocalConfig::load(config)
         .map_err(|e| format!("loading {}: {e}", config.display()))?;
-    let snap = exportd::snapshot::Snapshot::from_model(&cfg.inline_model())
+    let snap = exportd::policy::snapshot::Snapshot::from_model(&cfg.inline_model())
         .map_err(|e| format!("compiling the model of {}: {e}", config.display()))?;
     let mut out = Vec::new();
     for spool in &cfg.spool {
         for rel in files_below(spool)? {
             let name = rel.rsplit('/').next().unwrap_or(&rel);
-            if !exportd::spool::is_metadata_name(name) {
+            if !exportd::watch::spool::is_metadata_name(name) {
                 continue;
             }
             let xml = spool.join(&rel);
@@ -203,7 +203,7 @@ fn audit_rows(state: &Path) -> Result<Vec<Vec<String>>, String> {
 
 fn check(config: &Path, rep: &mut Report) -> Result<(), String> {
     let (due, roots) = due_copies(config, rep)?;
-    let cfg = exportd::config::LocalConfig::load(config)
+    let cfg = exportd::policy::config::LocalConfig::load(config)
         .map_err(|e| format!("loading {}: {e}", config.display()))?;
     rep.add("due_copies", due.len());
     let mut expected: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();

@@ -1,3 +1,6 @@
+//! The `exportd` binary: the process edge (malloc arenas, the error line,
+//! the exit code); every command lives in `cli`, never here.
+//!
 //! The `exportd` command: a thin edge over the library. Parses arguments,
 //! sets up logging, calls the library, maps results to exit codes:
 //! 0 success, 1 some records (or checks) failed, 2 usage or startup error.

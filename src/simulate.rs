@@ -1,14 +1,15 @@
-//! A recorder simulator: writes realistic records of every modality and
-//! platform into a spool exactly as spool.md says (content files closed
-//! first, the metadata XML last, half of them through a temp name renamed
-//! into place). Used by `exportd simulate`, the demo, tests and benchmarks.
+//! A recorder simulator: writes realistic records into a spool exactly as
+//! spool.md says; never writes a record's metadata XML before its content
+//! files are closed. Every modality and platform, half of the XMLs through a
+//! temp name renamed into place; the same seed gives the same records. Used
+//! by `exportd simulate`, the demo, tests and benchmarks.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::model::User;
+use crate::policy::model::User;
 use crate::time::Timestamp;
 
 /// A small deterministic PRNG (splitmix64).
@@ -234,12 +235,63 @@ fn mp4(rng: &mut Rng, w: &mut dyn Write, len: u64) -> io::Result<()> {
 }
 
 /// Writes one record; returns the XML path and content bytes.
+///
+/// Told as its steps: the day folder, the draws (id, user, modality...),
+/// the content files, the metadata XML, then the XML put in place last.
+/// Every draw from `rng` is made in the same order as always, so a seed
+/// gives the same spool.
 pub fn write_record(
     opts: &SimOptions,
     rng: &mut Rng,
     seq: u64,
     now: Timestamp,
 ) -> io::Result<(PathBuf, u64, &'static str)> {
+    write_record_in(opts, rng, seq, now, SpoolLayout::DayFolder)
+}
+
+/// Where a simulated recorder puts a record's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolLayout {
+    /// Every record's files in the day folder `<spool>/YYYY/MM/DD`.
+    DayFolder,
+    /// Each record in a new folder of its own, `<spool>/YYYY/MM/DD/<id>`
+    /// (spool.md allows any depth), made just before its first file.
+    FolderPerRecord,
+}
+
+/// [`write_record`] in the given layout (the draws are the same).
+pub fn write_record_in(
+    opts: &SimOptions,
+    rng: &mut Rng,
+    seq: u64,
+    now: Timestamp,
+    layout: SpoolLayout,
+) -> io::Result<(PathBuf, u64, &'static str)> {
+    let mut dir = day_dir(opts, now)?;
+    let d = draw(opts, rng, seq, now);
+    if layout == SpoolLayout::FolderPerRecord {
+        dir.push(&d.id);
+        fs::create_dir(&dir)?;
+        if opts.fsync {
+            File::open(dir.parent().unwrap_or(&opts.spool))?.sync_all()?;
+        }
+    }
+    let content = write_content(opts, rng, &dir, &d)?;
+    let xml = metadata_xml(rng, seq, now, &d, &content);
+    if opts.fsync {
+        // The content files' names are durable before the XML exists.
+        File::open(&dir)?.sync_all()?;
+    }
+    let xml_path = place_xml(opts, rng, &dir, &d.id, &xml)?;
+    if opts.fsync {
+        File::open(&dir)?.sync_all()?;
+    }
+    Ok((xml_path, content.bytes, d.modality))
+}
+
+/// `<spool>/YYYY/MM/DD` of `now`, made if needed (and, with `fsync`, the new
+/// folders' entries made durable up to the spool root).
+fn day_dir(opts: &SimOptions, now: Timestamp) -> io::Result<PathBuf> {
     let c = now.civil();
     let dir = opts
         .spool
@@ -257,6 +309,28 @@ pub fn write_record(
             d = p.parent();
         }
     }
+    Ok(dir)
+}
+
+/// What a record is, as drawn before any file is written.
+struct Draw {
+    /// The record id, also the base name of its files.
+    id: String,
+    /// The user it belongs to (1-based).
+    user: u64,
+    /// The recorded extension, as the recorder writes it.
+    ext: String,
+    modality: &'static str,
+    platform: &'static str,
+    dur_ms: u64,
+    start: Timestamp,
+    secondary: bool,
+    imported: bool,
+    cdr_only: bool,
+}
+
+/// The draws that decide a record, in their fixed order.
+fn draw(opts: &SimOptions, rng: &mut Rng, seq: u64, now: Timestamp) -> Draw {
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         rng.next_u64() as u32,
@@ -294,24 +368,49 @@ pub fn write_record(
     let secondary = rng.chance(10);
     let imported = rng.chance(3);
     let cdr_only = modality == "voice" && rng.chance(4);
-    let base = id.clone();
-    let mut files: Vec<(String, &str, Option<String>)> = Vec::new();
-    let mut bytes = 0u64;
+    Draw {
+        id,
+        user,
+        ext,
+        modality,
+        platform,
+        dur_ms,
+        start,
+        secondary,
+        imported,
+        cdr_only,
+    }
+}
+
+/// The content files written for a record.
+#[derive(Default)]
+struct Content {
+    /// `(file name, role, message id)` for the XML's `<files>`.
+    files: Vec<(String, &'static str, Option<String>)>,
+    /// Content bytes (as counted in the summary).
+    bytes: u64,
+    /// The `<participant>` elements (chat records only).
+    participants: String,
+}
+
+/// Writes the content files of the record's modality.
+fn write_content(opts: &SimOptions, rng: &mut Rng, dir: &Path, d: &Draw) -> io::Result<Content> {
+    let base = &d.id;
     let scale = opts.size_scale.max(0.0);
-    let mut participants = String::new();
-    match modality {
-        "voice" if !cdr_only => {
-            let samples = ((dur_ms * 8) as f64 * scale * 0.25) as u64;
+    let mut c = Content::default();
+    match d.modality {
+        "voice" if !d.cdr_only => {
+            let samples = ((d.dur_ms * 8) as f64 * scale * 0.25) as u64;
             let p = write_file(opts, &dir.join(format!("{base}.wav")), &mut |w| {
                 wav(rng, w, samples)
             })?;
-            bytes += samples * 2 + 44;
-            files.push((name_of(&p), "media", None));
+            c.bytes += samples * 2 + 44;
+            c.files.push((name_of(&p), "media", None));
             if rng.chance(30) {
                 let p = write_file(opts, &dir.join(format!("{base}.vtr")), &mut |w| {
                     w.write_all(b"WEBVTT\n\n00:00.000 --> 00:02.000\nGood morning, rates desk.\n")
                 })?;
-                files.push((name_of(&p), "transcript", None));
+                c.files.push((name_of(&p), "transcript", None));
             }
         }
         "video" | "screen" | "share" => {
@@ -319,85 +418,112 @@ pub fn write_record(
             let p = write_file(opts, &dir.join(format!("{base}.mp4")), &mut |w| {
                 mp4(rng, w, len)
             })?;
-            bytes += len;
-            files.push((name_of(&p), "media", None));
+            c.bytes += len;
+            c.files.push((name_of(&p), "media", None));
         }
-        "im" => {
-            let conv = format!("c-{}", rng.below(50));
-            let kind = ["direct", "group", "team"][rng.below(3) as usize];
-            let other = format!("x-{}", rng.below(100));
-            participants = format!(
-                "<participant id=\"u-{user:04}\" address=\"trader{user:04}@corp.example\" name=\"Trader {user:04}\" internal=\"true\"/>\n    <participant id=\"{other}\" address=\"{other}@partner.example\" name=\"Partner {other}\" internal=\"false\"/>"
-            );
-            let mut t = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<transcript conversation_id=\"{conv}\" kind=\"{kind}\" title=\"Desk chat {conv}\" owner=\"u-{user:04}\">\n  <participants>\n    {participants}\n  </participants>\n"
-            );
-            let n = 1 + rng.below(12);
-            for m in 0..n {
-                let ts = Timestamp(start.0 + (m as i64) * 7_000)
-                    .recorder()
-                    .to_string();
-                let from = if m % 2 == 0 {
-                    format!("u-{user:04}")
-                } else {
-                    other.clone()
-                };
-                if m == 2 {
-                    let del = Timestamp(start.0 + (m as i64) * 7_000 + 500)
-                        .recorder()
-                        .to_string();
-                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\" deleted=\"true\" deleted_at=\"{del}\" deleted_by=\"{from}\">oops, wrong chat</message>\n"));
-                } else if m == 3 {
-                    let ed = Timestamp(start.0 + (m as i64) * 7_000 + 900)
-                        .recorder()
-                        .to_string();
-                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">price is 101.25<edit timestamp=\"{ed}\" by=\"{from}\">price is 101.52</edit></message>\n"));
-                } else {
-                    t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">message {m} about the {} curve</message>\n", ["2y", "5y", "10y"][(m % 3) as usize]));
-                }
-            }
-            let attach = rng.chance(40);
-            if attach {
-                t.push_str(&format!(
-                    "  <attachment message_id=\"m-0\" file=\"{base}-term-sheet.pdf\"/>\n"
-                ));
-            }
-            t.push_str("</transcript>\n");
-            let p = write_file(opts, &dir.join(format!("{base}.im")), &mut |w| {
-                w.write_all(t.as_bytes())
-            })?;
-            bytes += t.len() as u64;
-            files.push((name_of(&p), "transcript", None));
-            if attach {
-                let p = write_file(
-                    opts,
-                    &dir.join(format!("{base}-term-sheet.pdf")),
-                    &mut |w| {
-                        w.write_all(b"%PDF-1.4\n% simulated term sheet\n")?;
-                        random_bytes(rng, w, 2000)
-                    },
-                )?;
-                files.push((name_of(&p), "attachment", Some("m-0".into())));
-            }
-        }
+        "im" => write_chat(opts, rng, dir, d, &mut c)?,
         "file_share" => {
             let len = 1000 + rng.below(50_000);
             let p = write_file(opts, &dir.join(format!("{base}-report.xlsx")), &mut |w| {
                 random_bytes(rng, w, len)
             })?;
-            bytes += len;
-            files.push((name_of(&p), "media", None));
+            c.bytes += len;
+            c.files.push((name_of(&p), "media", None));
         }
         "sms" => {
             let p = write_file(opts, &dir.join(format!("{base}.txt")), &mut |w| {
                 w.write_all(b"Call me back re: the 5y swap\n")
             })?;
-            files.push((name_of(&p), "other", None));
+            c.files.push((name_of(&p), "other", None));
         }
         _ => {}
     }
+    Ok(c)
+}
+
+/// A chat record: its `.im` transcript and, sometimes, an attachment.
+fn write_chat(
+    opts: &SimOptions,
+    rng: &mut Rng,
+    dir: &Path,
+    d: &Draw,
+    c: &mut Content,
+) -> io::Result<()> {
+    let base = &d.id;
+    let (participants, t, attach) = chat_transcript(rng, d);
+    c.participants = participants;
+    let p = write_file(opts, &dir.join(format!("{base}.im")), &mut |w| {
+        w.write_all(t.as_bytes())
+    })?;
+    c.bytes += t.len() as u64;
+    c.files.push((name_of(&p), "transcript", None));
+    if attach {
+        let p = write_file(
+            opts,
+            &dir.join(format!("{base}-term-sheet.pdf")),
+            &mut |w| {
+                w.write_all(b"%PDF-1.4\n% simulated term sheet\n")?;
+                random_bytes(rng, w, 2000)
+            },
+        )?;
+        c.files
+            .push((name_of(&p), "attachment", Some("m-0".into())));
+    }
+    Ok(())
+}
+
+/// A chat transcript of a few messages (one deleted, one edited):
+/// `(participant elements, transcript XML, whether m-0 has an attachment)`.
+fn chat_transcript(rng: &mut Rng, d: &Draw) -> (String, String, bool) {
+    let (user, start, base) = (d.user, d.start, &d.id);
+    let conv = format!("c-{}", rng.below(50));
+    let kind = ["direct", "group", "team"][rng.below(3) as usize];
+    let other = format!("x-{}", rng.below(100));
+    let participants = format!(
+        "<participant id=\"u-{user:04}\" address=\"trader{user:04}@corp.example\" name=\"Trader {user:04}\" internal=\"true\"/>\n    <participant id=\"{other}\" address=\"{other}@partner.example\" name=\"Partner {other}\" internal=\"false\"/>"
+    );
+    let mut t = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<transcript conversation_id=\"{conv}\" kind=\"{kind}\" title=\"Desk chat {conv}\" owner=\"u-{user:04}\">\n  <participants>\n    {participants}\n  </participants>\n"
+    );
+    let n = 1 + rng.below(12);
+    for m in 0..n {
+        let ts = Timestamp(start.0 + (m as i64) * 7_000)
+            .recorder()
+            .to_string();
+        let from = if m % 2 == 0 {
+            format!("u-{user:04}")
+        } else {
+            other.clone()
+        };
+        if m == 2 {
+            let del = Timestamp(start.0 + (m as i64) * 7_000 + 500)
+                .recorder()
+                .to_string();
+            t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\" deleted=\"true\" deleted_at=\"{del}\" deleted_by=\"{from}\">oops, wrong chat</message>\n"));
+        } else if m == 3 {
+            let ed = Timestamp(start.0 + (m as i64) * 7_000 + 900)
+                .recorder()
+                .to_string();
+            t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">price is 101.25<edit timestamp=\"{ed}\" by=\"{from}\">price is 101.52</edit></message>\n"));
+        } else {
+            t.push_str(&format!("  <message id=\"m-{m}\" timestamp=\"{ts}\" from=\"{from}\">message {m} about the {} curve</message>\n", ["2y", "5y", "10y"][(m % 3) as usize]));
+        }
+    }
+    let attach = rng.chance(40);
+    if attach {
+        t.push_str(&format!(
+            "  <attachment message_id=\"m-0\" file=\"{base}-term-sheet.pdf\"/>\n"
+        ));
+    }
+    t.push_str("</transcript>\n");
+    (participants, t, attach)
+}
+
+/// The record's metadata XML (spool.md); draws the direction and the
+/// counterparty last.
+fn metadata_xml(rng: &mut Rng, seq: u64, now: Timestamp, d: &Draw, c: &Content) -> String {
     let mut files_xml = String::new();
-    for (name, role, mid) in &files {
+    for (name, role, mid) in &c.files {
         match mid {
             Some(m) => files_xml.push_str(&format!(
                 "    <file role=\"{role}\" message_id=\"{m}\">{}</file>\n",
@@ -409,22 +535,40 @@ pub fn write_record(
             )),
         }
     }
-    let xml = format!(
+    let Draw {
+        id,
+        user,
+        modality,
+        platform,
+        secondary,
+        imported,
+        cdr_only,
+        ..
+    } = d;
+    let participants = &c.participants;
+    format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<recording>\n  <id>{id}</id>\n  <modality_id>{modality}</modality_id>\n  <source_platform>{platform}</source_platform>\n  <secondary>{secondary}</secondary>\n  <imported>{imported}</imported>\n  <cdr_only>{cdr_only}</cdr_only>\n  <native_id>N-{seq}</native_id>\n  <native_call_id>NC-{seq}</native_call_id>\n  <location>sim-rec01</location>\n  <start_time>{}</start_time>\n  <end_time>{}</end_time>\n  <direction>{}</direction>\n  <recorded_extension>{}</recorded_extension>\n  <source_caller_id>+44 20 7946 {:04}</source_caller_id>\n  <source_name>Counterparty {}</source_name>\n  <destination_caller_id>{}</destination_caller_id>\n  <destination_name>Trader {user:04}</destination_name>\n  <participants>\n    {participants}\n  </participants>\n  <files>\n{files_xml}  </files>\n  <vendor_field>kept as recorded</vendor_field>\n</recording>\n",
-        start.recorder(),
+        d.start.recorder(),
         now.recorder(),
         ["pstn_in", "pstn_out", "internal", "external"][rng.below(4) as usize],
-        xml_escape(&ext),
+        xml_escape(&d.ext),
         rng.below(10_000),
         rng.below(100),
-        xml_escape(&ext),
-    );
-    if opts.fsync {
-        // The content files' names are durable before the XML exists.
-        File::open(&dir)?.sync_all()?;
-    }
+        xml_escape(&d.ext),
+    )
+}
+
+/// Puts the metadata XML in place, half the time through a temp name
+/// renamed into place; returns its path.
+fn place_xml(
+    opts: &SimOptions,
+    rng: &mut Rng,
+    dir: &Path,
+    base: &str,
+    xml: &str,
+) -> io::Result<PathBuf> {
     let final_path = dir.join(format!("{base}.xml"));
-    let xml_path = if rng.chance(50) {
+    if rng.chance(50) {
         let tmp = dir.join(format!(".{base}.xml.tmp"));
         let p = write_file(opts, &tmp, &mut |w| w.write_all(xml.as_bytes()))?;
         let mut fin = final_path.as_os_str().to_owned();
@@ -433,14 +577,10 @@ pub fn write_record(
         }
         let fin = PathBuf::from(fin);
         fs::rename(&p, &fin)?;
-        fin
+        Ok(fin)
     } else {
-        write_file(opts, &final_path, &mut |w| w.write_all(xml.as_bytes()))?
-    };
-    if opts.fsync {
-        File::open(&dir)?.sync_all()?;
+        write_file(opts, &final_path, &mut |w| w.write_all(xml.as_bytes()))
     }
-    Ok((xml_path, bytes, modality))
 }
 
 fn name_of(p: &Path) -> String {
@@ -449,8 +589,13 @@ fn name_of(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Runs the simulator.
+/// Runs the simulator (every record in its day folder).
 pub fn simulate(opts: &SimOptions) -> io::Result<SimSummary> {
+    simulate_in(opts, SpoolLayout::DayFolder)
+}
+
+/// Runs the simulator with the records laid out as `layout` says.
+pub fn simulate_in(opts: &SimOptions, layout: SpoolLayout) -> io::Result<SimSummary> {
     fs::create_dir_all(&opts.spool)?;
     let mut rng = Rng::new(opts.seed);
     let mut log = match &opts.log {
@@ -472,7 +617,8 @@ pub fn simulate(opts: &SimOptions) -> io::Result<SimSummary> {
                 std::thread::sleep(due - now);
             }
         }
-        let (path, bytes, modality) = write_record(opts, &mut rng, seq, Timestamp::now())?;
+        let (path, bytes, modality) =
+            write_record_in(opts, &mut rng, seq, Timestamp::now(), layout)?;
         if let Some(l) = log.as_mut() {
             writeln!(l, "{} {}", Timestamp::now().0, path.display())?;
         }

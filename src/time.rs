@@ -1,4 +1,5 @@
 //! UTC timestamps: the recorder's `YYYY.MM.DD HH:mm:ss.SSS` form and RFC 3339.
+//! Never does I/O; the clock is read only by [`Timestamp::now`].
 //!
 //! Pure arithmetic on the proleptic Gregorian calendar; no time zone database,
 //! no I/O. A [`Timestamp`] is milliseconds since the Unix epoch, UTC.
@@ -52,6 +53,40 @@ pub struct Civil {
 
 const RECORDER_FORM: &str = "YYYY.MM.DD HH:mm:ss.SSS (UTC)";
 const RFC3339_FORM: &str = "RFC 3339, e.g. 2026-11-21T10:00:00Z";
+
+/// The number written in `b[r]`, only when every byte there is an ASCII digit.
+fn digits(b: &[u8], r: std::ops::Range<usize>) -> Option<u32> {
+    let part = b.get(r)?;
+    if part.iter().all(u8::is_ascii_digit) {
+        std::str::from_utf8(part).ok()?.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// The date and time at the fixed places both forms share
+/// (`YYYY?MM?DD?HH?mm?ss`), with `milli`; separators are checked by the caller.
+fn civil_at(b: &[u8], milli: u32) -> Option<Civil> {
+    Some(Civil {
+        year: digits(b, 0..4)? as i32,
+        month: digits(b, 5..7)?,
+        day: digits(b, 8..10)?,
+        hour: digits(b, 11..13)?,
+        minute: digits(b, 14..16)?,
+        second: digits(b, 17..19)?,
+        milli,
+    })
+}
+
+impl TimeError {
+    /// `text` cut to 64 characters.
+    fn new(text: &str, expected: &'static str) -> TimeError {
+        TimeError {
+            text: text.chars().take(64).collect(),
+            expected,
+        }
+    }
+}
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -136,22 +171,12 @@ impl Timestamp {
 
     /// Parses the recorder's `YYYY.MM.DD HH:mm:ss.SSS` (milliseconds optional).
     pub fn parse_recorder(s: &str) -> Result<Timestamp, TimeError> {
-        let err = || TimeError {
-            text: s.chars().take(64).collect(),
-            expected: RECORDER_FORM,
-        };
+        let err = || TimeError::new(s, RECORDER_FORM);
         let b = s.trim().as_bytes();
         if b.len() != 19 && b.len() != 23 {
             return Err(err());
         }
-        let num = |r: std::ops::Range<usize>| -> Option<u32> {
-            let part = b.get(r)?;
-            if part.iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(part).ok()?.parse().ok()
-            } else {
-                None
-            }
-        };
+        let num = |r: std::ops::Range<usize>| digits(b, r);
         if b[4] != b'.' || b[7] != b'.' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
             return Err(err());
         }
@@ -163,36 +188,18 @@ impl Timestamp {
         } else {
             0
         };
-        let c = Civil {
-            year: num(0..4).ok_or_else(err)? as i32,
-            month: num(5..7).ok_or_else(err)?,
-            day: num(8..10).ok_or_else(err)?,
-            hour: num(11..13).ok_or_else(err)?,
-            minute: num(14..16).ok_or_else(err)?,
-            second: num(17..19).ok_or_else(err)?,
-            milli,
-        };
+        let c = civil_at(b, milli).ok_or_else(err)?;
         Timestamp::from_civil(c).ok_or_else(err)
     }
 
     /// Parses RFC 3339 (`2026-11-21T10:00:00Z`, fractions and `+hh:mm` offsets allowed).
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, TimeError> {
-        let err = || TimeError {
-            text: s.chars().take(64).collect(),
-            expected: RFC3339_FORM,
-        };
+        let err = || TimeError::new(s, RFC3339_FORM);
         let b = s.trim().as_bytes();
         if b.len() < 20 {
             return Err(err());
         }
-        let num = |r: std::ops::Range<usize>| -> Option<u32> {
-            let part = b.get(r)?;
-            if part.iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(part).ok()?.parse().ok()
-            } else {
-                None
-            }
-        };
+        let num = |r: std::ops::Range<usize>| digits(b, r);
         if b[4] != b'-'
             || b[7] != b'-'
             || !matches!(b[10], b'T' | b't' | b' ')
@@ -237,15 +244,7 @@ impl Timestamp {
             }
             _ => return Err(err()),
         };
-        let c = Civil {
-            year: num(0..4).ok_or_else(err)? as i32,
-            month: num(5..7).ok_or_else(err)?,
-            day: num(8..10).ok_or_else(err)?,
-            hour: num(11..13).ok_or_else(err)?,
-            minute: num(14..16).ok_or_else(err)?,
-            second: num(17..19).ok_or_else(err)?,
-            milli,
-        };
+        let c = civil_at(b, milli).ok_or_else(err)?;
         let t = Timestamp::from_civil(c).ok_or_else(err)?;
         Ok(Timestamp(t.0 - offset_min * 60_000))
     }
@@ -273,25 +272,30 @@ pub struct Rfc3339Fmt(Timestamp);
 /// Display adapter for [`Timestamp::date`].
 pub struct DateFmt(Timestamp);
 
+/// Writes `YYYY<d>MM<d>DD<t>HH:mm:ss.SSS<zone>`: the one layout both forms share.
+fn write_stamp(
+    f: &mut fmt::Formatter<'_>,
+    c: Civil,
+    date_sep: char,
+    time_sep: char,
+    zone: &str,
+) -> fmt::Result {
+    write!(
+        f,
+        "{:04}{date_sep}{:02}{date_sep}{:02}{time_sep}{:02}:{:02}:{:02}.{:03}{zone}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli
+    )
+}
+
 impl fmt::Display for RecorderFmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = self.0.civil();
-        write!(
-            f,
-            "{:04}.{:02}.{:02} {:02}:{:02}:{:02}.{:03}",
-            c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli
-        )
+        write_stamp(f, self.0.civil(), '.', ' ', "")
     }
 }
 
 impl fmt::Display for Rfc3339Fmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = self.0.civil();
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            c.year, c.month, c.day, c.hour, c.minute, c.second, c.milli
-        )
+        write_stamp(f, self.0.civil(), '-', 'T', "Z")
     }
 }
 

@@ -7,10 +7,12 @@ mod util;
 
 use std::os::unix::fs::PermissionsExt;
 
-use exportd::bundle::ops::{cosign_file, keygen, load_signing_key, sign_file, verify_file};
-use exportd::bundle::state::MemStore;
-use exportd::bundle::trust::SigStatus;
-use exportd::bundle::{Accepted, BundleError, BundleState, Role, apply_envelope};
+use exportd::control::bundle::ops::{
+    cosign_file, keygen, load_signing_key, sign_file, verify_file,
+};
+use exportd::control::bundle::state::MemStore;
+use exportd::control::bundle::trust::SigStatus;
+use exportd::control::bundle::{Accepted, BundleError, BundleState, Role, apply_envelope};
 use serde_json::json;
 use util::*;
 
@@ -299,7 +301,7 @@ fn keygen_sign_verify_round_trip() {
     // Never overwrites.
     assert!(matches!(keygen(&prefix), Err(BundleError::KeyFile { .. })));
 
-    let trust_entry = exportd::model::Admin {
+    let trust_entry = exportd::policy::model::Admin {
         keyid: info.keyid.clone(),
         public_key: info.public_key.clone(),
         roles: vec!["config".into(), "export".into()],
@@ -384,4 +386,243 @@ fn sign_file_refuses_bad_input() {
         load_signing_key(&junk),
         Err(BundleError::KeyFile { .. })
     ));
+}
+
+// ---- users-delta bundles (issue #15) ----
+
+fn sign_delta(v: &serde_json::Value) -> exportd::control::bundle::Envelope {
+    exportd::control::bundle::dsse::sign(
+        exportd::control::bundle::PayloadType::USERS_DELTA_MEDIA_TYPE,
+        &bytes(v),
+        &[("central", &central())],
+    )
+}
+
+fn user(id: &str, ext: &str) -> serde_json::Value {
+    json!({"id": id, "name": id, "extensions": [ext], "policies": ["p-voice"]})
+}
+
+/// The snapshot of the model in force, compiled as the agent does at start.
+fn compiled(dir: &std::path::Path) -> exportd::policy::snapshot::Snapshot {
+    let st = BundleState::load(dir).unwrap();
+    let out = dir.join("snap.bin");
+    exportd::control::bundle::delta::compile_in_force(&st, dir, &out).unwrap();
+    exportd::policy::snapshot::Snapshot::open(&out).unwrap()
+}
+
+#[test]
+fn delta_on_the_version_in_force_is_applied_and_survives_restart() {
+    let dir = state_at(5);
+    let mut st = BundleState::load(dir.path()).unwrap();
+    let d = json!({"version": 6, "base_version": 5, "issued_at": "2026-11-22T10:00:00Z",
+                   "upsert": [user("u-2", "+12125550102"),
+                              {"id": "u-1001", "name": "Ann Renamed", "extensions": ["TRD-1"], "policies": ["p-voice"]}],
+                   "remove": []});
+    let a = apply_envelope(&sign_delta(&d), &anchors(), &mut st).unwrap();
+    let Accepted::Config(c) = &a else { panic!() };
+    assert_eq!(c.version, 6);
+    let info = c.delta.as_ref().unwrap();
+    assert_eq!(info.base_version, 5);
+    assert_eq!(
+        (
+            info.changes.added,
+            info.changes.changed,
+            info.changes.removed
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(c.compiled.as_ref().unwrap().users, 2);
+    assert_eq!(st.version(), 6);
+    drop(st);
+
+    // Restart: the chain current.json + delta-6 is the model in force.
+    let st = BundleState::load(dir.path()).unwrap();
+    assert_eq!(st.version(), 6);
+    assert_eq!(st.delta_versions(), vec![6]);
+    let m = st.current_model().unwrap();
+    assert_eq!(m.version, 6);
+    assert_eq!(m.users.len(), 2);
+    let snap = compiled(dir.path());
+    assert_eq!(snap.version(), 6);
+    assert_eq!(snap.lookup("+1 212 555 0102").unwrap().id, "u-2");
+    assert_eq!(snap.lookup("TRD-1").unwrap().name, "Ann Renamed");
+    assert!(
+        snap.lookup("+12125550100").is_none(),
+        "the replaced user's old extension is gone"
+    );
+
+    // A second delta removes u-2; then a full bundle replaces everything.
+    let mut st = st;
+    let d = json!({"version": 7, "base_version": 6, "remove": ["u-2"]});
+    apply_envelope(&sign_delta(&d), &anchors(), &mut st).unwrap();
+    assert!(compiled(dir.path()).lookup("+12125550102").is_none());
+    apply_envelope(
+        &sign_config(&model_json(8), &[("central", &central())]),
+        &anchors(),
+        &mut st,
+    )
+    .unwrap();
+    let st = BundleState::load(dir.path()).unwrap();
+    assert_eq!((st.version(), st.delta_versions()), (8, vec![]));
+    assert!(!dir.path().join("bundle/delta-6.json").exists());
+    assert_eq!(
+        compiled(dir.path()).lookup("+12125550100").unwrap().id,
+        "u-1001"
+    );
+}
+
+#[test]
+fn delta_on_another_base_is_refused_naming_both_versions() {
+    let dir = state_at(5);
+    let before = snapshot(dir.path());
+    let mut st = BundleState::load(dir.path()).unwrap();
+    let d = json!({"version": 9, "base_version": 4, "upsert": [user("u-2", "200")]});
+    let e = apply_envelope(&sign_delta(&d), &anchors(), &mut st).unwrap_err();
+    assert!(matches!(e, BundleError::DeltaBase { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("base version 4") && msg.contains("version 5 is in force"),
+        "{msg}"
+    );
+    assert!(msg.contains("full bundle"), "{msg}");
+    assert_eq!(e.code(), "delta_base");
+    assert_eq!(st.version(), 5);
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn delta_validation_errors_change_nothing() {
+    let dir = state_at(5);
+    let before = snapshot(dir.path());
+    let mut st = BundleState::load(dir.path()).unwrap();
+    let cases = [
+        // A new user taking u-1001's extension (normalised: tel: and spaces).
+        (
+            json!({"version": 6, "base_version": 5, "upsert": [user("u-2", "tel:+1 212 555 0100")]}),
+            "assigned to both",
+        ),
+        (
+            json!({"version": 6, "base_version": 5, "remove": ["u-404"]}),
+            "not in force",
+        ),
+        (
+            json!({"version": 6, "base_version": 5, "upsert": [user("u-2", "2")], "remove": ["u-2"]}),
+            "both upserted and removed",
+        ),
+        (
+            json!({"version": 6, "base_version": 5, "upsert": [{"id": "u-2", "extensions": ["3"], "policies": ["nope"]}]}),
+            "unknown policy",
+        ),
+    ];
+    for (d, want) in cases {
+        let e = apply_envelope(&sign_delta(&d), &anchors(), &mut st).unwrap_err();
+        assert!(matches!(e, BundleError::Validation { .. }), "{want}: {e}");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+        assert_eq!(st.version(), 5);
+    }
+    assert_eq!(snapshot(dir.path()), before);
+    // Replacing the owner of an extension with a user keeping it is fine:
+    // the old entry goes with the user it belonged to.
+    let d = json!({"version": 6, "base_version": 5, "upsert": [{"id": "u-1001", "extensions": ["+12125550100"], "policies": ["p-voice"]}]});
+    apply_envelope(&sign_delta(&d), &anchors(), &mut st).unwrap();
+}
+
+#[test]
+fn verify_counts_users_added_changed_and_removed_by_a_full_bundle() {
+    use exportd::control::bundle::ops::verify_file;
+    let dir = state_at(5); // u-1001 in force
+    let mut m = model_json(6);
+    m["users"] = json!([
+        {"id": "u-1001", "name": "Ann Renamed", "extensions": ["+12125550100"], "policies": ["p-voice"]},
+        user("u-2", "200"),
+        user("u-3", "300")
+    ]);
+    let bundle = dir.path().join("b.json");
+    std::fs::write(
+        &bundle,
+        sign_config(&m, &[("central", &central())]).to_json_pretty(),
+    )
+    .unwrap();
+    let rep = verify_file(&bundle, &anchors(), dir.path()).unwrap();
+    assert!(rep.would_apply(), "{:?}", rep.verdict);
+    let ch = rep.changes.unwrap();
+    assert_eq!((ch.added, ch.changed, ch.removed), (2, 1, 0));
+    // The same directory without u-1001, and u-2 unchanged: one removed.
+    m["users"] = json!([user("u-2", "200")]);
+    std::fs::write(
+        &bundle,
+        sign_config(&m, &[("central", &central())]).to_json_pretty(),
+    )
+    .unwrap();
+    let ch = verify_file(&bundle, &anchors(), dir.path())
+        .unwrap()
+        .changes
+        .unwrap();
+    assert_eq!((ch.added, ch.changed, ch.removed), (1, 0, 1));
+    assert_eq!(BundleState::load(dir.path()).unwrap().version(), 5);
+}
+
+/// A delta kept beside the snapshot in force (an overlay, no file written):
+/// checked against the resulting model by lookups in the base, and after a
+/// restart rebuilt from the accepted delta files on top of the same base.
+#[test]
+fn a_delta_overlay_on_the_snapshot_in_force_matches_the_compiled_model() {
+    use exportd::control::bundle::delta::{check_delta_on, overlay_in_force};
+    use exportd::policy::snapshot::Snapshot;
+    let dir = state_at(5);
+    let mut st = BundleState::load(dir.path()).unwrap();
+    let base_file = dir.path().join("base.bin");
+    drop(compiled(dir.path()));
+    std::fs::rename(dir.path().join("snap.bin"), &base_file).unwrap();
+    let base = Snapshot::open(&base_file).unwrap();
+    let signers = Vec::new();
+    // Refused: another base, an extension u-1001 still holds, an unknown id.
+    let refused = [
+        json!({"version": 9, "base_version": 4, "upsert": [user("u-2", "200")]}),
+        json!({"version": 6, "base_version": 5, "upsert": [user("u-2", "tel:+1 212 555 0100")]}),
+        json!({"version": 6, "base_version": 5, "remove": ["u-404"]}),
+    ];
+    for d in refused {
+        assert!(check_delta_on(bytes(&d), signers.clone(), &st, &base).is_err());
+    }
+    // u-1001's extension moves to u-2 when u-1001 is removed.
+    let d = json!({"version": 6, "base_version": 5,
+                   "upsert": [user("u-2", "tel:+1 212 555 0100")], "remove": ["u-1001"]});
+    let (c, snap) = check_delta_on(bytes(&d), signers.clone(), &st, &base)
+        .unwrap()
+        .unwrap();
+    let ch = c.delta.as_ref().unwrap().changes;
+    assert_eq!((ch.added, ch.changed, ch.removed), (1, 0, 1));
+    assert_eq!(snap.lookup("+12125550100").unwrap().id, "u-2");
+    assert!(snap.lookup("sip:ann@corp.example").is_none());
+    assert_eq!(base.lookup("+12125550100").unwrap().id, "u-1001");
+    st.commit(&Accepted::Config(c)).unwrap();
+    assert_eq!(snap.source(), st.current_source().as_deref());
+    // A second delta on the overlaid snapshot.
+    let d = json!({"version": 7, "base_version": 6, "upsert": [user("u-1001", "TRD-9")]});
+    let (c, snap) = check_delta_on(bytes(&d), signers, &st, &snap)
+        .unwrap()
+        .unwrap();
+    st.commit(&Accepted::Config(c)).unwrap();
+    drop(st);
+
+    // Restart: the base file plus the two delta files is the model in force,
+    // the same as compiling current.json and the chain.
+    let st = BundleState::load(dir.path()).unwrap();
+    let again = overlay_in_force(&st, Snapshot::open(&base_file).unwrap())
+        .unwrap()
+        .unwrap();
+    let full = compiled(dir.path());
+    assert_eq!(again.source(), full.source());
+    assert_eq!(
+        (again.version(), again.user_count()),
+        (7, full.user_count())
+    );
+    for ext in ["+12125550100", "sip:ann@corp.example", "TRD-9", "200"] {
+        assert_eq!(again.lookup(ext), full.lookup(ext), "{ext}");
+        assert_eq!(snap.lookup(ext), full.lookup(ext), "{ext}");
+    }
+    // A snapshot of another model is not overlaid (it is compiled again).
+    let other = Snapshot::from_model(&exportd::policy::model::Model::default()).unwrap();
+    assert!(overlay_in_force(&st, other).unwrap().is_none());
 }

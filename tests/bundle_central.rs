@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use exportd::bundle::central::{
+use exportd::control::bundle::central::{
     CentralClient, CentralConfig, CentralError, CentralOptions, FetchOutcome, Rejection,
     RequestProgress, StatusReport,
 };
-use exportd::bundle::{Accepted, BundleError, BundleState};
+use exportd::control::bundle::{Accepted, BundleError, BundleState};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -456,4 +456,98 @@ fn http_errors_and_long_poll_timeout() {
     }
     let e = client.fetch_bundle(7).unwrap_err();
     assert!(matches!(e, CentralError::Timeout { .. }), "{e}");
+}
+
+/// `check-config --probe`'s central line: one bundle poll with the version
+/// in force; a held long poll counts as reached; refusals name the cause.
+#[test]
+fn probe_polls_once_and_says_what_failed() {
+    let pki = mint("probe");
+    let server = Server::start(
+        &pki,
+        Box::new(|req: &Seen| {
+            if req.target.ends_with("after=9") {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            if req.target.ends_with("after=8") {
+                (403, b"not enrolled".to_vec())
+            } else {
+                (204, Vec::new())
+            }
+        }),
+    );
+    let client = CentralClient::with_options(&config(&pki, &server.url()), "a1", fast()).unwrap();
+    let wait = Duration::from_secs(5);
+    assert_eq!(client.probe(7, wait).unwrap(), Some(204));
+    let e = client.probe(8, wait).unwrap_err();
+    assert!(matches!(e, CentralError::Http { status: 403, .. }), "{e}");
+    assert!(e.to_string().contains("client_cert is enrolled"), "{e}");
+    assert_eq!(
+        client.probe(9, Duration::from_millis(300)).unwrap(),
+        None,
+        "a held poll is reached"
+    );
+    let seen: Vec<String> = server
+        .seen()
+        .into_iter()
+        .map(|s| s.method + " " + &s.target)
+        .collect();
+    assert_eq!(
+        &seen[..2],
+        [
+            "GET /v1/agents/a1/bundle?after=7",
+            "GET /v1/agents/a1/bundle?after=8"
+        ]
+    );
+
+    // A client certificate central does not trust.
+    let other = mint("probe-foreign");
+    let cfg = CentralConfig {
+        ca: pki.ca.clone(),
+        ..config(&other, &server.url())
+    };
+    let e = CentralClient::with_options(&cfg, "a1", fast())
+        .unwrap()
+        .probe(7, wait)
+        .unwrap_err();
+    assert!(
+        matches!(e, CentralError::Tls { .. } | CentralError::Connect { .. }),
+        "{e}"
+    );
+}
+
+/// The same through the pre-flight: one line for central, ok or failed.
+#[test]
+fn preflight_probe_line_for_central() {
+    let pki = mint("probe-line");
+    let server = Server::start(&pki, Box::new(|_: &Seen| (204, Vec::new())));
+    let toml = |url: &str| {
+        format!(
+            "agent_id = \"a1\"\nstate_dir = \"{}\"\n[central]\nurl = \"{url}\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            pki.dir.path().join("state").display(),
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        )
+    };
+    let parse =
+        |t: String| exportd::policy::config::LocalConfig::parse(&t, Path::new("t.toml")).unwrap();
+    let cfg = parse(toml(&server.url()));
+    let lines = exportd::preflight::probe(&cfg, &[], Duration::from_secs(5));
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].ok(), "{}", lines[0]);
+    assert_eq!(
+        lines[0].to_string(),
+        format!(
+            "probe central {}: ok: reached over mutual TLS (HTTP 204: nothing newer than version 0)",
+            server.url()
+        )
+    );
+    let cfg = parse(toml("https://127.0.0.1:9"));
+    let lines = exportd::preflight::probe(&cfg, &[], Duration::from_secs(5));
+    assert!(
+        !lines[0].ok() && lines[0].to_string().contains("FAILED: cannot connect"),
+        "{}",
+        lines[0]
+    );
 }

@@ -235,3 +235,191 @@ fn a_local_target_reaching_the_spool_through_a_symlink_is_refused_at_start() {
     assert!(err.contains("overlaps spool root"), "{err}");
     assert_eq!(tree_state(&a.spool), before, "the spool is never written");
 }
+
+/// Signs a users-delta payload with the central key (`exportd bundle sign
+/// --type users-delta`).
+fn sign_delta(a: &Appliance, key: &Path, name: &str, payload: &str) -> PathBuf {
+    let p = a.dir.path().join(format!("{name}.payload.json"));
+    fs::write(&p, payload).unwrap();
+    let bundle = a.dir.path().join(format!("{name}.bundle.json"));
+    let s = Command::new(exe())
+        .args(["bundle", "sign", "--key"])
+        .arg(key.with_extension("key"))
+        .args(["--keyid", "central", "--type", "users-delta"])
+        .arg(&p)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    bundle
+}
+
+fn skip_code(a: &Appliance, id: &str) -> Option<String> {
+    a.rows_with("skip")
+        .into_iter()
+        .find(|r| r[1] == id)
+        .map(|r| r[11].clone())
+}
+
+#[test]
+fn a_delta_in_a_running_agent_removes_a_user_whose_record_is_pending() {
+    let (a, key) = appliance();
+    // A long grace: a record whose media file is missing stays pending.
+    let cfg = fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("incomplete_grace_s = 1", "incomplete_grace_s = 600");
+    a.write_config(&cfg);
+    let mut d = a.spawn();
+    let targets = format!(
+        r#"{{"id": "t0", "kind": "fs", "path": "{}"}}"#,
+        a.targets[0].display()
+    );
+    let v1 = model(&targets, r#""t0""#).replace(
+        r#""policies": ["p"]}]}"#,
+        r#""policies": ["p"]}, {"id": "u-3", "extensions": ["300"], "policies": ["p"]}]}"#,
+    );
+    drop_in(&a, &sign(&a, &key, "v1", &v1), "0001.json");
+    wait_for(Duration::from_secs(20), || version_in_force(&a) == "1");
+
+    // u-3's record is seen under version 1 but waits for its media file.
+    let dir = a.spool.join("pending");
+    fs::create_dir_all(&dir).unwrap();
+    let r = Rec::voice("pend-1", "300");
+    fs::write(dir.join("pend-1.xml"), r.xml()).unwrap();
+    // `exportd bundle verify` counts what the delta does.
+    let delta = r#"{"version": 2, "base_version": 1,
+        "upsert": [{"id": "u-4", "name": "Dan", "extensions": ["400"], "policies": ["p"]}],
+        "remove": ["u-3"]}"#;
+    let bundle = sign_delta(&a, &key, "v2", delta);
+    let v = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        vout.contains("users: 1 added, 0 changed, 1 removed"),
+        "{vout}"
+    );
+    assert_eq!(v.status.code(), Some(0), "{vout}");
+    let base = fs::read(a.state.join("snapshot.bin")).unwrap();
+    drop_in(&a, &bundle, "0002.json");
+    wait_for(Duration::from_secs(20), || version_in_force(&a) == "2");
+    // The delta is kept beside the snapshot file (an overlay): the file in
+    // force is not rewritten.
+    assert!(fs::read(a.state.join("snapshot.bin")).unwrap() == base);
+    wait_for(Duration::from_secs(20), || {
+        a.state.join("inbox/accepted/0002.json").exists()
+    });
+
+    // The media arrives: the record is matched against version 2, where
+    // u-3 is gone: skipped `no_user`, not exported under u-3.
+    fs::write(dir.join("pend-1.wav"), b"RIFF late audio").unwrap();
+    wait_for(Duration::from_secs(20), || {
+        skip_code(&a, "pend-1").is_some()
+    });
+    assert_eq!(skip_code(&a, "pend-1").as_deref(), Some("no_user"));
+    assert!(!a.targets[0].join("2026/11/21/u-3").exists());
+    // The upserted user exports; u-2 of the base is still in force.
+    Rec::voice("new-4", "400").write(&a.spool.join("more"));
+    Rec::voice("old-2", "200").write(&a.spool.join("more"));
+    for (u, id) in [("u-4", "new-4"), ("u-2", "old-2")] {
+        let want = a.targets[0].join(format!("2026/11/21/{u}/{id}/{id}.xml"));
+        wait_for(Duration::from_secs(20), || want.exists());
+    }
+
+    // A delta on a stale base is refused with both versions named.
+    let stale = r#"{"version": 3, "base_version": 1, "remove": ["u-2"]}"#;
+    drop_in(&a, &sign_delta(&a, &key, "v3", stale), "0003.json");
+    let reason = rejection_reason(&a, "0003.json");
+    assert!(
+        reason.contains("base version 1") && reason.contains("version 2 is in force"),
+        "{reason}"
+    );
+
+    // A restart starts with the chain (full bundle + delta) in force.
+    let (code, stderr) = d.stop();
+    assert_eq!(code, 0, "{stderr}");
+    Rec::voice("after-4", "400").write(&a.spool.join("more"));
+    let out = a.run_until_idle();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        a.targets[0]
+            .join("2026/11/21/u-4/after-4/after-4.xml")
+            .exists()
+    );
+    // ... rebuilt from the delta file on top of the same snapshot file.
+    assert!(fs::read(a.state.join("snapshot.bin")).unwrap() == base);
+}
+
+#[test]
+fn records_in_flight_while_deltas_apply_are_matched_against_one_model() {
+    // Extension 500 moves between u-a (policy pa -> t0) and u-b (policy pb
+    // -> t1) with every delta while records of it flow. A record matched
+    // against a mix of two models would pair a user with the other's
+    // policy: u-a under t1 or u-b under t0.
+    let (a, key) = appliance();
+    let mut cfg = fs::read_to_string(&a.config).unwrap();
+    cfg = cfg.replace(
+        "[[policies]]",
+        "[[targets]]\nid = \"t1\"\nkind = \"fs\"\npath = \"T1\"\n\n[[policies]]",
+    );
+    let t1 = a.dir.path().join("t1");
+    fs::create_dir_all(&t1).unwrap();
+    a.write_config(&cfg.replace("T1", t1.to_str().unwrap()));
+    let mut d = a.spawn();
+    let model_v1 = format!(
+        r#"{{"version": 1,
+           "targets": [{{"id": "t0", "kind": "fs", "path": "{}"}}, {{"id": "t1", "kind": "fs", "path": "{}"}}],
+           "policies": [{{"id": "pa", "targets": ["t0"]}}, {{"id": "pb", "targets": ["t1"]}}],
+           "users": [{{"id": "u-a", "extensions": ["500"], "policies": ["pa"]}},
+                     {{"id": "u-b", "extensions": ["b-1"], "policies": ["pb"]}}]}}"#,
+        a.targets[0].display(),
+        t1.display()
+    );
+    drop_in(&a, &sign(&a, &key, "v1", &model_v1), "0001.json");
+    wait_for(Duration::from_secs(20), || version_in_force(&a) == "1");
+    let mut ids = Vec::new();
+    for v in 2..=7u64 {
+        let (ea, eb) = if v % 2 == 0 {
+            (format!("a-{v}"), "500".to_string())
+        } else {
+            ("500".to_string(), format!("b-{v}"))
+        };
+        let delta = format!(
+            r#"{{"version": {v}, "base_version": {}, "upsert": [
+                {{"id": "u-a", "extensions": ["{ea}"], "policies": ["pa"]}},
+                {{"id": "u-b", "extensions": ["{eb}"], "policies": ["pb"]}}]}}"#,
+            v - 1
+        );
+        let b = sign_delta(&a, &key, &format!("v{v}"), &delta);
+        for k in 0..3 {
+            let id = format!("fl-{v}-{k}");
+            Rec::voice(&id, "500").write(&a.spool.join("flow"));
+            ids.push(id);
+        }
+        drop_in(&a, &b, &format!("{v:04}.json"));
+    }
+    wait_for(Duration::from_secs(30), || version_in_force(&a) == "7");
+    let (t0, t1) = (a.targets[0].clone(), t1.clone());
+    wait_for(Duration::from_secs(30), || {
+        let (f0, f1) = (files_below(&t0).join("\n"), files_below(&t1).join("\n"));
+        ids.iter()
+            .all(|id| f0.contains(&format!("{id}.xml")) || f1.contains(&format!("{id}.xml")))
+    });
+    let (f0, f1) = (files_below(&t0), files_below(&t1));
+    assert!(!f0.iter().any(|f| f.contains("/u-b/")), "{f0:?}");
+    assert!(!f1.iter().any(|f| f.contains("/u-a/")), "{f1:?}");
+    for id in &ids {
+        let n = f0
+            .iter()
+            .chain(&f1)
+            .filter(|f| f.ends_with(&format!("{id}.xml")))
+            .count();
+        assert_eq!(n, 1, "{id} exported once, under one model");
+    }
+    let (code, stderr) = d.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -6,9 +6,9 @@ mod util;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use exportd::bundle::apply::{apply_bytes, check_config_bundle};
-use exportd::bundle::dsse::{self, Envelope};
-use exportd::bundle::{BundleError, BundleState, PayloadType, Role, apply_envelope};
+use exportd::control::bundle::apply::{apply_bytes, check_config_bundle};
+use exportd::control::bundle::dsse::{self, Envelope};
+use exportd::control::bundle::{BundleError, BundleState, PayloadType, Role, apply_envelope};
 use serde_json::json;
 use util::*;
 
@@ -295,11 +295,27 @@ fn export_request_ids_must_be_file_name_safe() {
 
 #[test]
 fn too_large_bundle() {
+    // The limit is a setting (`max_bundle_bytes`): a valid bundle one byte
+    // over it is refused as too large, whether its size is known up front
+    // (inbox file) or only while it is read (a streamed body).
+    use exportd::control::bundle::inbox::{inbox_dir, process_inbox_max};
+    use exportd::control::bundle::spool::spool_envelope;
     let dir = state_at(5);
     let mut st = BundleState::load(dir.path()).unwrap();
-    let big = vec![b' '; 16 * 1024 * 1024 + 1];
-    let e = apply_bytes(&big, "big.json", &anchors(), &mut st).unwrap_err();
+    let text = sign_config(&model_json(6), &[("central", &central())]).to_json_pretty();
+    let max = text.len() as u64 - 1;
+    std::fs::create_dir_all(inbox_dir(dir.path())).unwrap();
+    std::fs::write(inbox_dir(dir.path()).join("big.json"), &text).unwrap();
+    let out = process_inbox_max(dir.path(), &anchors(), &mut st, max, &mut |_| Ok(())).unwrap();
+    let e = out[0].result.as_ref().unwrap_err();
     assert!(matches!(e, BundleError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("max_bundle_bytes"), "{e}");
+    assert_eq!(st.version(), 5);
+    let e = spool_envelope(text.as_bytes(), max, "body", &dir.path().join("bundle")).unwrap_err();
+    assert!(matches!(e, BundleError::TooLarge { .. }), "{e}");
+    // At the limit it is taken.
+    let sp = spool_envelope(text.as_bytes(), max + 1, "body", &dir.path().join("bundle")).unwrap();
+    assert_eq!(sp.len, bytes(&model_json(6)).len() as u64);
 }
 
 #[test]
@@ -315,7 +331,7 @@ fn too_many_signatures() {
 /// verdict, and none is accepted unless it is the original.
 #[test]
 fn no_panic_on_mutated_input() {
-    use exportd::bundle::state::MemStore;
+    use exportd::control::bundle::state::MemStore;
     let original = sign_config(&model_json(6), &[("central", &central())])
         .to_json_pretty()
         .into_bytes();
@@ -343,7 +359,7 @@ fn no_panic_on_mutated_input() {
         if apply_bytes(&b, "fuzz", &anchors(), &mut st).is_ok() {
             // Only mutations outside the signed content (e.g. JSON
             // whitespace, the keyid of an ignored signature) may pass.
-            let env = exportd::bundle::dsse::Envelope::from_json(&b).unwrap();
+            let env = exportd::control::bundle::dsse::Envelope::from_json(&b).unwrap();
             assert_eq!(env.payload_bytes().unwrap(), bytes(&model_json(6)));
         }
     }

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::SigningKey;
-use exportd::bundle::dsse::{self, Envelope};
-use exportd::bundle::{BundleState, PayloadType};
-use exportd::model::Admin;
+use exportd::control::bundle::dsse::{self, Envelope};
+use exportd::control::bundle::{BundleState, PayloadType};
+use exportd::policy::model::Admin;
 use serde_json::{Value, json};
 
 /// A temporary directory removed on drop.
@@ -140,7 +140,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 pub fn state_at(v: u64) -> TempDir {
     let dir = TempDir::new("state");
     let mut st = BundleState::load(dir.path()).unwrap();
-    exportd::bundle::apply_envelope(
+    exportd::control::bundle::apply_envelope(
         &sign_config(&model_json(v), &[("central", &central())]),
         &anchors(),
         &mut st,

@@ -259,8 +259,8 @@ fn every_rejection_keeps_the_model_in_force() {
         "malformed",
         "malformed",
     );
-    let not_json = exportd::bundle::dsse::sign(
-        exportd::bundle::PayloadType::CONFIG_MEDIA_TYPE,
+    let not_json = exportd::control::bundle::dsse::sign(
+        exportd::control::bundle::PayloadType::CONFIG_MEDIA_TYPE,
         br#"{"version": 6, "users": [ "#,
         &[("central", &c_key)],
     );

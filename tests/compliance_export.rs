@@ -7,7 +7,7 @@ mod spool;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use exportd::compliance::{
+use exportd::requests::compliance::{
     self, ComplianceError, ExportRequest, Format, PlainOpener, Progress, RequestContext, State,
     StatusStore,
 };

@@ -15,7 +15,7 @@ mod spool;
 use std::path::PathBuf;
 use std::process::Command;
 
-use exportd::compliance::{self, ExportRequest, Format, PlainOpener, RequestContext};
+use exportd::requests::compliance::{self, ExportRequest, Format, PlainOpener, RequestContext};
 use exportd::time::Timestamp;
 
 fn viewer() -> Option<PathBuf> {

@@ -10,10 +10,10 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use exportd::config::LocalConfig;
 use exportd::export::{Options, Outcome, process};
-use exportd::journal;
-use exportd::spool::XmlRef;
+use exportd::ledger::journal;
+use exportd::policy::config::LocalConfig;
+use exportd::watch::spool::XmlRef;
 
 #[test]
 fn a_refused_xml_met_twice_gets_one_error_row() {

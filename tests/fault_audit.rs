@@ -114,7 +114,7 @@ fn a_full_state_disk_tears_no_row_and_the_backlog_drains_once_space_is_back() {
     );
     std::thread::sleep(Duration::from_secs(2));
     // Whatever got through, no torn or partial row is in the log now.
-    for p in exportd::audit::audit_files(&a.state.join("audit")).unwrap() {
+    for p in exportd::ledger::audit::audit_files(&a.state.join("audit")).unwrap() {
         let b = fs::read(&p).unwrap();
         assert!(
             b.ends_with(b"\n") && !b.contains(&0),
@@ -182,7 +182,7 @@ fn a_short_write_on_the_audit_file_is_cut_off_and_written_again_once() {
                 .is_ok_and(|l| l.contains("write-short") && l.matches("write-enospc").count() >= 2)
         },
     );
-    for p in exportd::audit::audit_files(&a.state.join("audit")).unwrap() {
+    for p in exportd::ledger::audit::audit_files(&a.state.join("audit")).unwrap() {
         let b = fs::read(&p).unwrap();
         assert!(
             b.ends_with(b"\n"),

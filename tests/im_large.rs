@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use exportd::im::{Transcript, messages_json};
+use exportd::record::im::{Transcript, messages_json};
 
 /// Writes a transcript of about `mib` MiB: messages with edits, attachments
 /// listed after their messages, non-ASCII text and entities. Returns the

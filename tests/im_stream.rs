@@ -8,8 +8,8 @@ mod spool;
 
 use std::io::{Read, Write};
 
-use exportd::im::stream::{ImSource, MessagesJson, TranscriptIndex, io_to_im, xml_reader};
-use exportd::im::{ImError, Transcript, messages_json};
+use exportd::record::im::stream::{ImSource, MessagesJson, TranscriptIndex, io_to_im, xml_reader};
+use exportd::record::im::{ImError, Transcript, messages_json};
 
 const XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <transcript conversation_id="c-77" kind="group" title="Rates &amp; &quot;desk&quot; ü 日本" owner="u-1001">

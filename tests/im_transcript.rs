@@ -3,8 +3,8 @@
 #[path = "fixtures/im/spool.rs"]
 mod spool;
 
-use exportd::im::{ImError, Kind, Transcript, messages_json};
-use exportd::xml::XmlError;
+use exportd::record::im::{ImError, Kind, Transcript, messages_json};
+use exportd::record::xml::XmlError;
 
 const XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <transcript conversation_id="c-77" kind="group" title="Rates desk" owner="u-1001">

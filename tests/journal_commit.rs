@@ -235,7 +235,7 @@ fn a_failed_journal_fdatasync_is_not_trusted_and_loses_nothing() {
 
 #[test]
 fn valid_journal_frames_after_damaged_bytes_are_salvaged_not_cut() {
-    use exportd::journal::{decode_frames, encode_frame};
+    use exportd::ledger::journal::{decode_frames, encode_frame};
     let a = Appliance::new(1);
     a.write_config(&config(&a));
     let ids: Vec<String> = (0..12).map(|i| format!("dm{i}")).collect();

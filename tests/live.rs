@@ -83,7 +83,8 @@ fn sighup_reload_swaps_the_model() {
     c.push_str(&user("u-2", &["200"], &["p"]));
     fs::write(&a.config, c).unwrap();
     d.signal("HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    // The reload must be in force before the record arrives (slower under emulation).
+    std::thread::sleep(patience(Duration::from_millis(500)));
     Rec::voice("after-reload", "200").write(&a.spool.join("a"));
     wait_for(Duration::from_secs(20), || {
         a.targets[0]
@@ -121,7 +122,8 @@ fn an_idle_agent_does_not_wake_up() {
     let a = Appliance::new(1);
     a.write_config(&config(&a, 600));
     let d = a.spool();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Startup done before counting (slower under emulation); the 3 s window is not scaled.
+    std::thread::sleep(patience(Duration::from_millis(1500)));
     let w0 = wakeups(d.pid());
     std::thread::sleep(Duration::from_secs(3));
     let w1 = wakeups(d.pid());

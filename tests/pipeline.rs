@@ -315,6 +315,50 @@ fn bad_input_is_an_error_row_and_the_rest_goes_on() {
             .any(|r| r[11] == "unsafe_path" && r[1] == "link"),
         "{errors:?}"
     );
+    // A `..` or absolute path in <files> is the documented unsafe_path.
+    for name in ["trav.xml", "abs.xml"] {
+        let row = errors
+            .iter()
+            .find(|r| r[12].contains(name))
+            .unwrap_or_else(|| panic!("{name}: {errors:?}"));
+        assert_eq!(row[11], "unsafe_path", "{row:?}");
+    }
+}
+
+#[test]
+fn file_extensions_leaving_out_the_media_is_said_in_the_export_row() {
+    let a = Appliance::new(1);
+    let mut c = a.head(1);
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\nsettings = { file_extensions = [\"vtr\"] }\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+    let day = a.spool.join("d");
+    let mut r = Rec::voice("m1", "100");
+    r.files
+        .push(("transcript".into(), "m1.vtr".into(), b"WEBVTT\n".to_vec()));
+    r.write(&day);
+    let mut kept = Rec::voice("m2", "100");
+    kept.files = vec![("transcript".into(), "m2.vtr".into(), b"WEBVTT\n".to_vec())];
+    kept.write(&day);
+    let out = a.run_until_idle();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = a.rows_with("export");
+    let desc = |id: &str| {
+        rows.iter()
+            .find(|r| r[1] == id)
+            .map(|r| r[12].clone())
+            .unwrap_or_else(|| panic!("{id}: {rows:?}"))
+    };
+    assert_eq!(
+        desc("m1"),
+        "not exported: m1.wav (media), left out by file_extensions [vtr] (the record's media is not in this folder)"
+    );
+    assert_eq!(desc("m2"), "", "nothing left out, nothing said");
 }
 
 #[test]

@@ -11,17 +11,8 @@ mod support;
 use std::fs;
 
 use common::*;
-use exportd::model::LockMode;
+use exportd::policy::model::LockMode;
 use sha2::{Digest, Sha256};
-
-fn s3_table(spec: &exportd::model::TargetSpec, id: &str, endpoint: &str) -> String {
-    format!(
-        "[[targets]]\nid = \"{id}\"\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nbucket = \"{}\"\nprefix = \"ny/\"\npath_style = true\naccess_key_id = \"{}\"\nsecret_file = \"{}\"\nobject_lock = {{ mode = \"compliance\", retain_days = 30 }}\n\n",
-        spec.bucket.as_deref().unwrap(),
-        spec.access_key_id.as_deref().unwrap(),
-        spec.secret_file.as_ref().unwrap().display()
-    )
-}
 
 #[test]
 fn dual_archive_to_folder_and_locked_bucket() {
@@ -33,7 +24,10 @@ fn dual_archive_to_folder_and_locked_bucket() {
     let dead = "http://127.0.0.1:9"; // discard port: nothing listens
     let write = |endpoint: &str| {
         let mut c = a.head(1);
-        c.push_str(&s3_table(&spec, "s3", endpoint));
+        c.push_str(&format!(
+            "[[targets]]\n{}\n",
+            support::target_table(&spec, "s3", endpoint)
+        ));
         c.push_str("[[policies]]\nid = \"p\"\nname = \"Dual\"\ntargets = [\"t0\", \"s3\"]\n\n");
         c.push_str(&user("u-1", &["100"], &["p"]));
         a.write_config(&c);
@@ -109,4 +103,51 @@ fn dual_archive_to_folder_and_locked_bucket() {
         1
     );
     assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
+}
+
+/// `check-config --probe` end to end: a bucket with Object Lock is
+/// written to and cleaned; one without fails for a target that asks for it.
+#[test]
+fn check_config_probe_against_locked_and_plain_buckets() {
+    let Some(m) = support::shared() else { return };
+    let mut moto = m.lock().unwrap_or_else(|p| p.into_inner());
+    moto.bucket("agent-probe-lock", true);
+    moto.bucket("agent-probe-plain", false);
+    let locked = moto.spec("agent-probe-lock", Some(LockMode::Compliance));
+    let plain = moto.spec("agent-probe-plain", Some(LockMode::Compliance));
+    let a = Appliance::new(1);
+    let mut c = a.head(1);
+    for (spec, id) in [(&locked, "s3"), (&plain, "s3p")] {
+        c.push_str(&format!(
+            "[[targets]]\n{}\n",
+            support::target_table(spec, id, &moto.endpoint())
+        ));
+    }
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\", \"s3\", \"s3p\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+
+    let out = a.cmd(&["check-config", "--probe"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("probe target t0 (fs): ok"), "{stdout}");
+    assert!(
+        stdout.contains("probe target s3 (s3): ok: Object Lock enabled")
+            && stdout.contains("probe s3://agent-probe-lock/ny/exportd-probe/it-"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "probe target s3p (s3): FAILED: S3 bucket agent-probe-plain has no Object Lock"
+        ),
+        "{stdout}"
+    );
+    let keys =
+        moto.cmd(serde_json::json!({"op": "keys", "bucket": "agent-probe-lock", "prefix": ""}));
+    assert_eq!(
+        keys["keys"],
+        serde_json::json!([]),
+        "nothing visible is left"
+    );
 }

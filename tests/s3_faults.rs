@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use exportd::model::LockMode;
-use exportd::target::s3::{RetryPolicy, S3Options, S3Target};
-use exportd::target::{BytesSource, PutRequest, Target, TargetError};
+use exportd::policy::model::LockMode;
+use exportd::sink::s3::{RetryPolicy, S3Options, S3Target};
+use exportd::sink::{BytesSource, PutRequest, Target, TargetError};
 use support::{Moto, bytes, sha256_hex};
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,9 +11,9 @@ use std::io::{self, Read};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use exportd::model::LockMode;
-use exportd::target::s3::{RetryPolicy, S3Options, S3Target};
-use exportd::target::{BytesSource, PutRequest, Source, Target, TargetError};
+use exportd::policy::model::LockMode;
+use exportd::sink::s3::{RetryPolicy, S3Options, S3Target};
+use exportd::sink::{BytesSource, PutRequest, Source, Target, TargetError};
 use serde_json::json;
 use sha2::Digest as _;
 use support::{Moto, bytes, sha256_hex};
@@ -376,4 +376,74 @@ fn https_with_custom_ca() {
         Err(TargetError::Permanent(msg)) => assert!(msg.to_lowercase().contains("cert"), "{msg}"),
         other => panic!("expected Permanent, got {other:?}"),
     }
+}
+
+/// The key of the probe object named in a probe's report.
+fn probe_key<'a>(said: &'a str, bucket: &str) -> &'a str {
+    let at = format!("probe s3://{bucket}/");
+    said.split(&at)
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no probe key in {said:?}"))
+}
+
+fn keys(m: &mut Moto, bucket: &str) -> serde_json::Value {
+    m.cmd(json!({"op": "keys", "bucket": bucket, "prefix": "ny/"}))["keys"].clone()
+}
+
+#[test]
+fn probe_on_an_object_lock_bucket_leaves_only_a_hidden_one_day_version() {
+    let Some(mut m) = moto() else { return };
+    m.bucket("probe-locked", true);
+    let t = S3Target::with_options(&m.spec("probe-locked", Some(LockMode::Compliance)), quick())
+        .unwrap();
+    assert!(t.bucket_lock().unwrap().is_some_and(|b| b.enabled));
+    let said = t.probe("ny-rec01").unwrap();
+    assert!(said.starts_with("Object Lock enabled"), "{said}");
+    let key = probe_key(&said, "probe-locked").to_string();
+    assert!(key.starts_with("ny/exportd-probe/ny-rec01-"), "{key}");
+    // A plain DELETE: a delete marker hides it; the locked version stays
+    // until its (one day) retention ends, as the report says.
+    assert!(said.contains("stays until"), "{said}");
+    assert_eq!(keys(&mut m, "probe-locked"), json!([]));
+    let got = m.cmd(json!({"op": "get", "bucket": "probe-locked", "key": key}));
+    assert!(got.get("error").is_some(), "{got}");
+    assert_eq!(m.versions("probe-locked", &key).len(), 1);
+}
+
+#[test]
+fn probe_fails_when_the_bucket_lacks_the_object_lock_asked_for() {
+    let Some(mut m) = moto() else { return };
+    m.bucket("probe-plain", false);
+    let t = S3Target::with_options(&m.spec("probe-plain", Some(LockMode::Governance)), quick())
+        .unwrap();
+    assert_eq!(t.bucket_lock().unwrap(), None);
+    let e = t.probe("it").unwrap_err().to_string();
+    assert!(
+        e.contains("S3 bucket probe-plain has no Object Lock") && e.contains("GOVERNANCE"),
+        "{e}"
+    );
+    assert_eq!(keys(&mut m, "probe-plain"), json!([]), "nothing written");
+
+    // The same bucket for a target without Object Lock: written and gone.
+    let t = S3Target::with_options(&m.spec("probe-plain", None), quick()).unwrap();
+    let said = t.probe("it").unwrap();
+    assert!(
+        said.starts_with("probe s3://probe-plain/ny/exportd-probe/it-"),
+        "{said}"
+    );
+    assert!(!said.contains("stays until"), "{said}");
+    assert_eq!(keys(&mut m, "probe-plain"), json!([]));
+}
+
+#[test]
+fn probe_with_a_wrong_secret_is_refused() {
+    let Some(m) = moto() else { return };
+    let mut spec = m.spec("probe-any", None);
+    std::fs::write(spec.secret_file.as_ref().unwrap(), "wrong\n").unwrap();
+    spec.prefix = Some("x/".into());
+    let t = S3Target::with_options(&spec, quick()).unwrap();
+    let e = t.probe("it").unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("PutObject"), "{e}");
 }

@@ -119,7 +119,8 @@ fn inotify_overflow_loses_nothing() {
     let log = a.dir.path().join("daemon.log");
     let mut d = {
         let _limit = QueueLimit::set(64).expect("lowering max_queued_events (root)");
-        let d = a.spawn_logged(&log);
+        // The test hook: SIGUSR1 stalls the main loop for 5 s.
+        let d = a.spawn_logged_env(&log, &[("EXPORTD_TEST_STALL_ON_USR1", "5")]);
         // The instance exists once the status file is written.
         wait_for(Duration::from_secs(30), || {
             a.state.join("status.json").exists()
@@ -128,6 +129,20 @@ fn inotify_overflow_loses_nothing() {
         // limit restored here: the daemon's instance keeps 64.
     };
     let n = env_u64("EXPORTD_TORTURE_FLOOD_RECORDS", 3000);
+    // The overflow made certain, not left to the race between writer and
+    // reader (under emulation the writer is slow and the daemon kept up):
+    // one record first makes the day folder and is seen (so the folder is
+    // watched), then the main loop stalls for 5 s while the records are
+    // written into it, so more than 64 events queue up whatever the
+    // machine's speed. (A stall before the folder is watched would not
+    // overflow: its files make no events until the folder is listed.)
+    sim(&a, 1, seed ^ 1);
+    wait_for(Duration::from_secs(30), || {
+        a.status_json()
+            .and_then(|s| s["counts"]["seen"].as_u64())
+            .is_some_and(|n| n >= 1)
+    });
+    d.signal("USR1");
     let t0 = Instant::now();
     sim(&a, n, seed);
     let wrote = t0.elapsed();
@@ -139,7 +154,8 @@ fn inotify_overflow_loses_nothing() {
     let overflows = text.matches("inotify queue overflowed").count();
     assert!(
         overflows > 0,
-        "the queue of 64 events must overflow with {n} records written in {wrote:?}"
+        "the queue of 64 events must overflow with {n} records written in {wrote:?}; log tail:\n{}",
+        tail(&text, 3000)
     );
     let rep = check_exactly_once(&a, &due);
     eprintln!(

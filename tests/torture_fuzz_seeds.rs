@@ -145,7 +145,7 @@ fn write_seed_corpus() {
         "admins": [{"keyid": "ops", "public_key": "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=", "roles": ["export"]}]
     });
     let payload = serde_json::to_vec(&model).unwrap();
-    let env = exportd::bundle::dsse::sign(
+    let env = exportd::control::bundle::dsse::sign(
         "application/vnd.exportd.config+json",
         &payload,
         &[("central", &key)],
@@ -157,7 +157,7 @@ fn write_seed_corpus() {
     );
     put("dsse_bundle", "config-payload.json", &payload);
     let req = br#"{"request_id": "r-2026-11-21-1", "time_from": "2026-11-01T00:00:00Z", "time_to": "2026-11-21T00:00:00Z", "target": "nas1", "users": ["u-1001"], "modalities": ["im", "file_share"], "attachments": true, "format": "slack"}"#;
-    let env = exportd::bundle::dsse::sign(
+    let env = exportd::control::bundle::dsse::sign(
         "application/vnd.exportd.export-request+json",
         req,
         &[("ops", &key)],
@@ -168,7 +168,7 @@ fn write_seed_corpus() {
         env.to_json_pretty().as_bytes(),
     );
     // journal_frames: one of each entry.
-    use exportd::journal::{Entry, Outcome, encode_frame};
+    use exportd::ledger::journal::{Entry, Outcome, encode_frame};
     let mut j = Vec::new();
     for (i, e) in [
         Entry::Done {
@@ -181,7 +181,7 @@ fn write_seed_corpus() {
             key: [1; 16],
             size: 1234,
             mtime_ns: -5,
-            copy: exportd::journal::copy_id("p", "t"),
+            copy: exportd::ledger::journal::copy_id("p", "t"),
         },
         Entry::Done {
             key: [2; 16],
@@ -246,22 +246,22 @@ fn committed_corpus_replays_without_panic() {
                     let _ = exportd::record::parse(&data);
                 }
                 "im_transcript" => {
-                    let _ = exportd::im::Transcript::from_bytes(&data);
+                    let _ = exportd::record::im::Transcript::from_bytes(&data);
                 }
                 "dsse_bundle" => {
-                    if let Ok(e) = exportd::bundle::dsse::Envelope::from_json(&data) {
+                    if let Ok(e) = exportd::control::bundle::dsse::Envelope::from_json(&data) {
                         let _ = e.payload_bytes();
                     }
-                    let _ = exportd::bundle::apply::parse_config_payload(&data);
-                    let _ = exportd::bundle::apply::parse_request_payload(&data);
+                    let _ = exportd::control::bundle::apply::parse_config_payload(&data);
+                    let _ = exportd::control::bundle::apply::parse_request_payload(&data);
                 }
                 "config_toml" => {
                     if let Ok(s) = std::str::from_utf8(&data) {
-                        let _ = exportd::config::LocalConfig::parse(s, Path::new("x.toml"));
+                        let _ = exportd::policy::config::LocalConfig::parse(s, Path::new("x.toml"));
                     }
                 }
                 "journal_frames" => {
-                    let _ = exportd::journal::decode_frames(&data);
+                    let _ = exportd::ledger::journal::decode_frames(&data);
                 }
                 "age_decrypt" => {
                     use std::io::Read;

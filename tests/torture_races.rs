@@ -384,7 +384,7 @@ fn same_id_different_bytes_exported_concurrently() {
             )
         })
         .collect();
-    let (_, digest) = exportd::audit::folder_digest(&mut files);
+    let (_, digest) = exportd::ledger::audit::folder_digest(&mut files);
     assert_eq!(
         exports[0][13], digest,
         "export row sha256 vs folder content"

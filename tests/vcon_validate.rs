@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
-use exportd::im::{self, Transcript};
+use exportd::export::vcon::{self, ExportedFile, ExportedRole, VconUser};
+use exportd::record::im::{self, Transcript};
 use exportd::record::{self, FileRole, Record};
-use exportd::vcon::{self, ExportedFile, ExportedRole, VconUser};
 use serde_json::Value;
 use sha2::{Digest, Sha512};
 
@@ -79,7 +79,7 @@ fn xml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The simulated directory user owning the recorded extension, if any.
-fn owner<'a>(users: &'a [exportd::model::User], ext: &str) -> VconUser<'a> {
+fn owner<'a>(users: &'a [exportd::policy::model::User], ext: &str) -> VconUser<'a> {
     let norm = |s: &str| s.replace(' ', "").to_lowercase();
     users
         .iter()

@@ -8,17 +8,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(cfg) = exportd::config::LocalConfig::parse(text, std::path::Path::new("fuzz.toml")) {
+    if let Ok(cfg) = exportd::policy::config::LocalConfig::parse(text, std::path::Path::new("fuzz.toml")) {
         let model = cfg.inline_model();
-        if let Ok(snap) = exportd::snapshot::Snapshot::from_model(&model) {
+        if let Ok(snap) = exportd::policy::snapshot::Snapshot::from_model(&model) {
             for u in &model.users {
                 for e in &u.extensions {
                     let _ = snap.lookup(e);
                 }
             }
             // The compiled bytes reopen identically.
-            let bytes = exportd::snapshot::compile(&model).unwrap();
-            let again = exportd::snapshot::Snapshot::from_bytes(bytes).unwrap();
+            let bytes = exportd::policy::snapshot::compile(&model).unwrap();
+            let again = exportd::policy::snapshot::Snapshot::from_bytes(bytes).unwrap();
             assert_eq!(again.user_count(), snap.user_count());
         }
     }

@@ -2,8 +2,8 @@
 //! payloads, validated and compiled. Never panics.
 #![no_main]
 
-use exportd::bundle::apply;
-use exportd::bundle::dsse::Envelope;
+use exportd::control::bundle::apply;
+use exportd::control::bundle::dsse::Envelope;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,8 +21,11 @@ fn payload(p: &[u8]) {
     if let Ok(model) = apply::parse_config_payload(p) {
         let errs = apply::validate_config(&model, None);
         if errs.is_empty() {
-            let _ = exportd::snapshot::Snapshot::from_model(&model);
+            let _ = exportd::policy::snapshot::Snapshot::from_model(&model);
         }
     }
     let _ = apply::parse_request_payload(p);
+    // Issue 15: users deltas, and the streamed head of a config payload.
+    let _ = exportd::control::bundle::delta::parse_delta(p);
+    let _ = exportd::policy::intake::source::payload_head(p);
 }

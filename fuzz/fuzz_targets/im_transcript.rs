@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(t) = exportd::im::Transcript::from_bytes(data) {
-        let json = exportd::im::messages_json(&t, "fuzz");
+    if let Ok(t) = exportd::record::im::Transcript::from_bytes(data) {
+        let json = exportd::record::im::messages_json(&t, "fuzz");
         serde_json::from_slice::<serde_json::Value>(&json).expect("messages.json must be JSON");
     }
 });

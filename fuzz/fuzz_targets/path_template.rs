@@ -10,7 +10,7 @@
 //! (missing ones are empty); the first byte picks the start hour.
 #![no_main]
 
-use exportd::layout::{Template, Values, is_reserved_root_name};
+use exportd::export::layout::{Template, Values, is_reserved_root_name};
 use exportd::time::Timestamp;
 use libfuzzer_sys::fuzz_target;
 

@@ -15,12 +15,12 @@ fuzz_target!(|data: &[u8]| {
         }
         // Layout of whatever was accepted must not panic either, and every
         // expanded field stays one safe component.
-        let t = exportd::layout::Template::parse(exportd::layout::DEFAULT_TEMPLATE).unwrap();
-        let folder = t.expand(&exportd::layout::Values::of(&r, "u", "p"));
+        let t = exportd::export::layout::Template::parse(exportd::export::layout::DEFAULT_TEMPLATE).unwrap();
+        let folder = t.expand(&exportd::export::layout::Values::of(&r, "u", "p"));
         for c in folder.split('/') {
             assert!(!c.is_empty() && c != "." && c != "..", "{folder:?}");
             assert!(!c.chars().any(|ch| ch.is_control()), "{folder:?}");
         }
-        let _ = exportd::layout::plan_files(&r, true, true, None);
+        let _ = exportd::export::layout::plan_files(&r, true, true, None);
     }
 });

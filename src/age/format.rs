@@ -1,3 +1,6 @@
+//! The age header: parse, write, MAC. Pure: never accepts a non-canonical
+//! header, never touches a file.
+//!
 //! The age v1 textual header: strict parsing, writing, and the header MAC.
 //!
 //! Grammar (C2SP age spec):

@@ -1,3 +1,6 @@
+//! age keys and X25519 stanzas; never shows a secret key (Debug shows the
+//! recipient, errors never repeat the input).
+//!
 //! X25519 identities and recipients, the key store, and X25519 stanza (un)wrapping.
 
 use std::fmt;

@@ -1,3 +1,6 @@
+//! age v1 decryption and encryption of streams (X25519 only); never hands out
+//! plaintext that failed authentication.
+//!
 //! age v1 file encryption (<https://age-encryption.org/v1>), X25519 recipients only.
 //!
 //! Recorders encrypt content files and metadata XML at rest in the binary (not

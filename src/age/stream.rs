@@ -1,3 +1,6 @@
+//! The age STREAM payload; never returns plaintext of a chunk whose tag
+//! failed, nor accepts a truncated stream.
+//!
 //! The STREAM payload (64 KiB ChaCha20-Poly1305 chunks) and the public
 //! streaming [`Decryptor`] and [`Encryptor`].
 

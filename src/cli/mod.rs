@@ -1,40 +1,30 @@
+//! Command-line parsing and the subcommands: the edge that prints and maps
+//! exit codes; never holds logic the library owns.
+//!
 //! Command-line parsing and the subcommands.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use lexopt::prelude::*;
 
 mod demo;
+mod generate;
+mod help;
 mod ops;
+pub(crate) mod out;
 mod plugins;
+mod status;
+mod table;
+mod top;
 
-const USAGE: &str = "\
-exportd: direct-export agent for call-recording appliances
+use out::outln;
+use table::{COMMANDS, Command, LOG_LEVELS};
 
-USAGE:
-    exportd run --config FILE [--until-idle] [--log-format text|json|journal]
-    exportd check-config --config FILE
-    exportd status --config FILE [--json]
-    exportd audit verify --config FILE
-    exportd simulate --spool DIR [--count N | --rate R --duration S]
-                     [--encrypt-to RECIPIENT] [--users N] [--seed N]
-                     [--size-scale F] [--log FILE] [--fsync] [--quiet]
-    exportd demo [--records N] [--keep]
-    exportd request submit --config FILE REQUEST.json [--detach]
-    exportd request status --config FILE [ID] [--json]
-    exportd target init --config FILE [--target ID]
-    exportd keygen [PREFIX]
-    exportd bundle sign --key FILE [--keyid ID] --type config|export-request PAYLOAD.json [--out FILE]
-    exportd bundle cosign --key FILE [--keyid ID] BUNDLE.json [--out FILE]
-    exportd bundle verify --config FILE BUNDLE.json
-
-Exit codes: 0 success, 1 some records or checks failed, 2 usage or startup error.
-See README.md for the configuration file.";
-
-struct Args {
-    cmd: Vec<String>,
+/// The parsed command line: one field per flag of the table
+/// ([`table::FLAGS`] says which flag sets which field).
+#[derive(Default)]
+pub struct Args {
     config: Option<PathBuf>,
     until_idle: bool,
     log_format: String,
@@ -57,117 +47,197 @@ struct Args {
     kind: Option<String>,
     out: Option<PathBuf>,
     detach: bool,
-    target: Option<String>,
+    targets: Vec<String>,
+    archive: Option<String>,
+    agent_key: Option<String>,
+    agent_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    pending: bool,
+    interval: Option<f64>,
+    probe: bool,
+    /// Positional arguments after the command's words.
     rest: Vec<OsString>,
+    /// Everything after the command's words, as given (for `archive verify`).
+    raw: Vec<OsString>,
 }
 
-fn parse() -> Result<Args> {
-    let mut a = Args {
-        cmd: Vec::new(),
-        config: None,
-        until_idle: false,
-        log_format: "text".into(),
-        json: false,
-        spool: None,
-        count: None,
-        rate: None,
-        duration: None,
-        encrypt_to: None,
-        users: None,
-        seed: None,
-        size_scale: None,
-        log: None,
-        fsync: false,
-        quiet: false,
-        records: None,
-        keep: false,
-        key: None,
-        keyid: None,
-        kind: None,
-        out: None,
-        detach: false,
-        target: None,
-        rest: Vec::new(),
-    };
-    let mut p = lexopt::Parser::from_env();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Long("config") | Short('c') => a.config = Some(p.value()?.into()),
-            Long("until-idle") => a.until_idle = true,
-            Long("log-format") => a.log_format = p.value()?.string()?,
-            Long("log-json") => a.log_format = "json".into(),
-            Long("json") => a.json = true,
-            Long("spool") => a.spool = Some(p.value()?.into()),
-            Long("count") => a.count = Some(p.value()?.parse()?),
-            Long("rate") => a.rate = Some(p.value()?.parse()?),
-            Long("duration") => a.duration = Some(p.value()?.parse()?),
-            Long("encrypt-to") => a.encrypt_to = Some(p.value()?.string()?),
-            Long("users") => a.users = Some(p.value()?.parse()?),
-            Long("seed") => a.seed = Some(p.value()?.parse()?),
-            Long("size-scale") => a.size_scale = Some(p.value()?.parse()?),
-            Long("log") => a.log = Some(p.value()?.into()),
-            Long("fsync") => a.fsync = true,
-            Long("quiet") | Short('q') => a.quiet = true,
-            Long("records") => a.records = Some(p.value()?.parse()?),
-            Long("keep") => a.keep = true,
-            Long("key") => a.key = Some(p.value()?.into()),
-            Long("keyid") => a.keyid = Some(p.value()?.string()?),
-            Long("type") => a.kind = Some(p.value()?.string()?),
-            Long("out") | Short('o') => a.out = Some(p.value()?.into()),
-            Long("detach") => a.detach = true,
-            Long("target") => a.target = Some(p.value()?.string()?),
-            Long("help") | Short('h') => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            Long("version") | Short('V') => {
-                println!("exportd {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            Value(v) if a.cmd.len() < 2 && a.rest.is_empty() && is_word(&v) => {
-                a.cmd.push(v.string()?);
-            }
-            Value(v) => a.rest.push(v),
-            other => return Err(other.unexpected().into()),
+/// What the command line asks for.
+enum Parsed {
+    /// Print this text on stdout and exit 0 (help, version).
+    Print(String),
+    /// Run a command.
+    Run(&'static Command, Box<Args>),
+}
+
+/// Finds the command named by the first words; `Err` is the usage error.
+fn find_command(argv: &[OsString]) -> Result<Result<(&'static Command, usize), Parsed>> {
+    let word = |i: usize| argv.get(i).and_then(|w| w.to_str()).unwrap_or("");
+    let first = word(0);
+    if table::groups().contains(&first) {
+        let name = format!("{first} {}", word(1));
+        if let Some(c) = table::command(&name) {
+            return Ok(Ok((c, 2)));
+        }
+        match word(1) {
+            "--help" | "-h" => return Ok(Err(Parsed::Print(help::group_help(first)))),
+            "" => bail!(
+                "`exportd {first}` needs a subcommand:\n{}",
+                help::group_help(first)
+            ),
+            w => bail!("unknown command \"{first} {w}\"; `exportd {first} --help` lists them"),
         }
     }
-    Ok(a)
+    match table::command(first) {
+        Some(c) if !first.contains(' ') => Ok(Ok((c, 1))),
+        _ if first.starts_with('-') => bail!(
+            "unknown flag {first} before the command; the command comes first (`exportd --help`)"
+        ),
+        _ => bail!("unknown command {first:?}; see `exportd --help`"),
+    }
 }
 
-fn is_word(v: &OsString) -> bool {
-    matches!(
-        v.to_str(),
-        Some(
-            "run"
-                | "check-config"
-                | "status"
-                | "audit"
-                | "verify"
-                | "simulate"
-                | "demo"
-                | "request"
-                | "submit"
-                | "bundle"
-                | "sign"
-                | "cosign"
-                | "keygen"
-                | "target"
-                | "init"
+/// Parses `argv` (without the program name) against the table.
+fn parse(argv: Vec<OsString>) -> Result<Parsed> {
+    match argv.first().and_then(|a| a.to_str()) {
+        None => bail!("no command given\n\n{}", help::overview()),
+        Some("--help" | "-h") => return Ok(Parsed::Print(help::overview())),
+        Some("--version" | "-V") => {
+            return Ok(Parsed::Print(format!(
+                "exportd {}",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        Some(_) => {}
+    }
+    let (cmd, n) = match find_command(&argv)? {
+        Ok(x) => x,
+        Err(p) => return Ok(p),
+    };
+    let mut a = Box::new(Args {
+        log_format: "text".into(),
+        raw: argv[n..].to_vec(),
+        ..Args::default()
+    });
+    let mut seen: Vec<&str> = Vec::new();
+    let mut p = lexopt::Parser::from_args(argv[n..].to_vec());
+    while let Some(arg) = p.next()? {
+        use lexopt::Arg::{Long, Short, Value};
+        let name = match arg {
+            Long("help") | Short('h') => return Ok(Parsed::Print(help::command(cmd))),
+            Long(l) => format!("--{l}"),
+            Short(c) => format!("-{c}"),
+            Value(v) => {
+                a.rest.push(v);
+                continue;
+            }
+        };
+        let Some((f, _)) = cmd.flags().find(|(f, _)| {
+            name == format!("--{}", f.long) || f.short.is_some_and(|c| name == format!("-{c}"))
+        }) else {
+            return Err(foreign_flag(cmd, &name));
+        };
+        seen.push(f.long);
+        let v = if f.value.is_some() {
+            p.value()?
+        } else {
+            OsString::new()
+        };
+        (f.set)(&mut a, v)
+            .map_err(|e| anyhow::anyhow!("{e:#}; see `exportd {} --help`", cmd.name))?;
+    }
+    check_complete(cmd, &a, &seen)?;
+    Ok(Parsed::Run(cmd, a))
+}
+
+/// The error for a flag `cmd` does not take: another command's, or none's.
+fn foreign_flag(cmd: &Command, name: &str) -> anyhow::Error {
+    let owners: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|c| {
+            c.flags().any(|(f, _)| {
+                name == format!("--{}", f.long) || f.short.is_some_and(|s| name == format!("-{s}"))
+            })
+        })
+        .map(|c| c.name)
+        .collect();
+    if owners.is_empty() {
+        anyhow::anyhow!(
+            "unknown flag {name} for `exportd {}`; see `exportd {} --help`",
+            cmd.name,
+            cmd.name
         )
-    )
+    } else {
+        anyhow::anyhow!(
+            "`exportd {}` does not take {name} (a flag of: {}); see `exportd {} --help`",
+            cmd.name,
+            owners.join(", "),
+            cmd.name
+        )
+    }
 }
 
+/// Required flags present, positional arguments within the command's arity.
+fn check_complete(cmd: &Command, a: &Args, seen: &[&str]) -> Result<()> {
+    for (f, req) in cmd.flags() {
+        if req && !seen.contains(&f.long) {
+            bail!(
+                "`exportd {}` needs --{} {}; see `exportd {} --help`",
+                cmd.name,
+                f.long,
+                f.value.unwrap_or(""),
+                cmd.name
+            );
+        }
+    }
+    let (min, max) = cmd.arity();
+    if a.rest.len() < min {
+        bail!(
+            "`exportd {}` needs {}; see `exportd {} --help`",
+            cmd.name,
+            cmd.args,
+            cmd.name
+        );
+    }
+    if a.rest.len() > max {
+        bail!(
+            "unexpected argument {:?} for `exportd {}`; see `exportd {} --help`",
+            a.rest[max],
+            cmd.name,
+            cmd.name
+        );
+    }
+    Ok(())
+}
+
+/// The configuration file: `--config`, else the default path.
 fn config(a: &Args) -> Result<PathBuf> {
-    a.config
+    Ok(a.config
         .clone()
-        .context("--config FILE is required (e.g. /etc/exportd/exportd.toml)")
+        .unwrap_or_else(|| PathBuf::from(table::DEFAULT_CONFIG)))
+}
+
+/// `EXPORTD_LOG`: unset or empty is `default`; an unknown value is refused.
+fn log_level(default: tracing::Level) -> Result<tracing::Level> {
+    match std::env::var("EXPORTD_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Ok(s) if s.trim().is_empty() => Ok(default),
+        Ok(s) if LOG_LEVELS.contains(&s.trim().to_ascii_lowercase().as_str()) => {
+            Ok(s.trim().parse().unwrap_or(default))
+        }
+        Ok(s) => bail!(
+            "EXPORTD_LOG={s:?} is not a log level; use one of {}",
+            LOG_LEVELS.join(", ")
+        ),
+        Err(std::env::VarError::NotUnicode(s)) => bail!(
+            "EXPORTD_LOG={s:?} is not a log level; use one of {}",
+            LOG_LEVELS.join(", ")
+        ),
+    }
 }
 
 fn init_logging(format: &str, default: tracing::Level) {
-    let level = std::env::var("EXPORTD_LOG")
-        .ok()
-        .and_then(|s| s.parse::<tracing::Level>().ok())
-        .unwrap_or(default);
+    let level = log_level(default).unwrap_or(default);
     // Under systemd, stderr goes to the journal: use its level prefixes.
     let format = if format == "text" && std::env::var_os("JOURNAL_STREAM").is_some() {
         "journal"
@@ -214,45 +284,112 @@ where
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> Result<i32> {
-    let a = parse()?;
-    let cmd: Vec<&str> = a.cmd.iter().map(String::as_str).collect();
-    match cmd.as_slice() {
-        ["run"] => run(&a),
-        ["check-config"] => check_config(&a),
-        ["status"] => status(&a),
-        ["audit", "verify"] => audit_verify(&a),
-        ["simulate"] => simulate(&a),
-        ["demo"] => {
+    out::quiet_broken_pipe();
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (cmd, a) = match parse(argv)? {
+        Parsed::Print(text) => {
+            outln!("{text}");
+            return Ok(0);
+        }
+        Parsed::Run(cmd, a) => (cmd, a),
+    };
+    // A typo in the log level is refused by every command, not ignored.
+    log_level(tracing::Level::INFO)?;
+    dispatch(cmd, &a)
+}
+
+/// Calls the command's code.
+fn dispatch(cmd: &Command, a: &Args) -> Result<i32> {
+    let cfg = || config(a);
+    match cmd.name {
+        "run" => run(a),
+        "check-config" => check_config(a),
+        "status" => status::run(&cfg()?, a.json, a.pending),
+        "top" => top::run(
+            &cfg()?,
+            std::time::Duration::from_secs_f64(a.interval.unwrap_or(2.0).max(0.1)),
+            a.json,
+        ),
+        "audit verify" => audit_verify(a),
+        "agent-key" => agent_key(a),
+        "archive verify" => archive_verify(a),
+        "simulate" => simulate(a),
+        "demo" => {
             init_logging(&a.log_format, tracing::Level::WARN);
             demo::demo(a.records.unwrap_or(300), a.keep)
         }
-        ["request", "submit"] => ops::request_submit(&a.config, &a.rest, a.detach),
-        ["request", "status"] => ops::request_status(&a.config, &a.rest, a.json),
-        ["target", "init"] => ops::target_init(&a.config, a.target.as_deref()),
-        ["keygen"] => ops::keygen(&a.rest, a.out.as_deref()),
-        ["bundle", "sign"] => ops::bundle_sign(
+        "request submit" => ops::request_submit(&cfg()?, &a.rest, a.detach),
+        "request status" => ops::request_status(&cfg()?, &a.rest, a.json),
+        "target init" => ops::target_init(&cfg()?, &a.targets),
+        "keygen" => ops::keygen(&a.rest),
+        "bundle sign" => ops::bundle_sign(
             a.key.as_deref(),
             a.keyid.as_deref(),
             a.kind.as_deref(),
             &a.rest,
             a.out.as_deref(),
         ),
-        ["bundle", "cosign"] => ops::bundle_cosign(
+        "bundle cosign" => ops::bundle_cosign(
             a.key.as_deref(),
             a.keyid.as_deref(),
             &a.rest,
             a.out.as_deref(),
         ),
-        ["bundle", "verify"] => ops::bundle_verify(&a.config, &a.rest),
-        [] => {
-            eprintln!("{USAGE}");
-            Ok(2)
+        "bundle verify" => ops::bundle_verify(&cfg()?, &a.rest),
+        "completions" => completions(a),
+        "manpage" => {
+            out::write_str(&generate::manpage());
+            Ok(0)
         }
-        _ => bail!(
-            "unknown command {:?}; see `exportd --help`",
-            a.cmd.join(" ")
-        ),
+        "help" => help_cmd(a),
+        other => bail!("command {other:?} is in the table but not dispatched (a bug)"),
     }
+}
+
+/// `exportd help [COMMAND [SUB]]`.
+fn help_cmd(a: &Args) -> Result<i32> {
+    let words: Vec<String> = a
+        .rest
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    let text = match words.as_slice() {
+        [] => help::overview(),
+        [g] if table::groups().contains(&g.as_str()) => help::group_help(g),
+        _ => match table::command(&words.join(" ")) {
+            Some(c) => help::command(c),
+            None => bail!(
+                "unknown command {:?}; see `exportd --help`",
+                words.join(" ")
+            ),
+        },
+    };
+    outln!("{text}");
+    Ok(0)
+}
+
+/// `exportd completions bash|zsh|fish`.
+fn completions(a: &Args) -> Result<i32> {
+    let text = match a.rest[0].to_str() {
+        Some("bash") => generate::bash(),
+        Some("zsh") => generate::zsh(),
+        Some("fish") => generate::fish(),
+        _ => bail!("unknown shell {:?}: use bash, zsh or fish", a.rest[0]),
+    };
+    out::write_str(&text);
+    Ok(0)
+}
+
+/// `exportd archive verify`: its own parser checks the combinations
+/// (`--config` or `--archive`, dates); the configuration defaults as
+/// everywhere when neither is given.
+fn archive_verify(a: &Args) -> Result<i32> {
+    let mut argv = a.raw.clone();
+    if a.config.is_none() && a.archive.is_none() {
+        argv.push("--config".into());
+        argv.push(config(a)?.into());
+    }
+    Ok(exportd::proof::verify::main(argv))
 }
 
 fn run(a: &Args) -> Result<i32> {
@@ -263,6 +400,18 @@ fn run(a: &Args) -> Result<i32> {
         ..Default::default()
     };
     let sum = exportd::agent::run(&cfg, opts)?;
+    if a.until_idle && a.log_format == "json" {
+        // The final summary as one JSON line, like the log lines around it.
+        let v = serde_json::json!({"summary": {
+            "records": sum.counts.seen,
+            "exported": sum.counts.exported,
+            "skipped": sum.counts.skipped,
+            "failed": sum.failures.len(),
+            "failures": sum.failures,
+        }});
+        eprintln!("{v}");
+        return Ok(if sum.failures.is_empty() { 0 } else { 1 });
+    }
     if a.until_idle {
         for f in &sum.failures {
             eprintln!("exportd: failed: {f}");
@@ -281,28 +430,28 @@ fn run(a: &Args) -> Result<i32> {
 
 fn check_config(a: &Args) -> Result<i32> {
     let path = config(a)?;
-    match exportd::config::LocalConfig::load(&path) {
-        Ok(cfg) => {
-            let m = cfg.inline_model();
-            let snap = exportd::snapshot::Snapshot::from_model(&m)?;
-            for s in &cfg.spool {
-                if !s.is_dir() {
-                    eprintln!(
-                        "exportd: warning: spool root {} does not exist yet",
-                        s.display()
-                    );
+    // Users are parsed, checked and indexed as a stream (bounded memory).
+    match exportd::policy::config::LocalConfig::load_head_unchecked(&path) {
+        Ok((cfg, _)) => {
+            let snap = match exportd::policy::intake::check_config(&path, &cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("exportd: config {}: {e}", path.display());
+                    return Ok(1);
                 }
+            };
+            if snap.user_count() == 0 {
+                eprintln!(
+                    "exportd: warning: {}: no [[users]]: no record will match a policy until users are configured (or a bundle brings them)",
+                    path.display()
+                );
             }
-            for t in snap.targets() {
-                if let Some(p) = &t.path {
-                    if !p.is_dir() {
-                        eprintln!(
-                            "exportd: warning: target {:?} root {} does not exist (is it mounted?)",
-                            t.id,
-                            p.display()
-                        );
-                    }
-                }
+            if preflight(&cfg, &snap, a.probe) {
+                eprintln!(
+                    "exportd: {}: not ready: fix the errors above",
+                    path.display()
+                );
+                return Ok(1);
             }
             println!(
                 "{}: OK (agent {}, {} spool roots, {} targets, {} policies, {} users, {} extensions)",
@@ -323,91 +472,67 @@ fn check_config(a: &Args) -> Result<i32> {
     }
 }
 
-fn status(a: &Args) -> Result<i32> {
-    let path = config(a)?;
-    let cfg = exportd::config::LocalConfig::load(&path)?;
-    let st = exportd::status::Status::read(&cfg.state_dir)
-        .with_context(|| format!("reading {}/status.json", cfg.state_dir.display()))?;
-    let jpath = cfg.state_dir.join("journal.log");
-    let journal =
-        exportd::journal::Journal::open_read_only(exportd::journal::FileStore::new(jpath.clone()))
-            .with_context(|| format!("reading the journal {}", jpath.display()))?;
-    let (exp, skip, rej) = journal.counts();
-    if a.json {
-        let v = serde_json::json!({
-            "status": st,
-            "journal": {"records": journal.len(), "exported": exp, "skipped": skip, "rejected": rej, "frames": journal.frames()},
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(0);
+/// The pre-flight (and `--probe`) of `check-config`: prints each finding
+/// and probe line; true when something fails.
+fn preflight(
+    cfg: &exportd::policy::config::LocalConfig,
+    snap: &exportd::policy::snapshot::Snapshot,
+    probe: bool,
+) -> bool {
+    use exportd::preflight::{Level, check};
+    let decrypting = snap
+        .policies()
+        .iter()
+        .any(|p| p.policy.enabled && p.policy.settings.decrypt);
+    let findings = check(cfg, snap.targets(), decrypting);
+    for f in &findings {
+        eprintln!("exportd: {f}");
     }
-    match &st {
-        None => println!(
-            "agent {}: no status yet (the daemon has not run with this state_dir)",
-            cfg.agent_id
-        ),
-        Some(s) => {
-            let alive =
-                s.state == "running" && std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
-            println!(
-                "agent:          {} ({})",
-                s.agent_id,
-                if alive {
-                    format!("running, pid {}", s.pid)
-                } else {
-                    "not running".into()
-                }
-            );
-            println!("updated:        {}", s.updated_at);
-            println!("model version:  {}", s.model_version);
-            println!(
-                "backlog:        {} (retrying {}, blocked {})",
-                s.backlog, s.retrying, s.blocked
-            );
-            println!(
-                "since start:    seen {}, exported {}, skipped {}, failed {}, incomplete {}, {} bytes",
-                s.counts.seen,
-                s.counts.exported,
-                s.counts.skipped,
-                s.counts.failed,
-                s.counts.incomplete,
-                s.counts.bytes
-            );
-            for (k, v) in &s.exported_by_policy_target {
-                println!("  exported {k}: {v}");
-            }
-            for (k, v) in &s.skipped_by_reason {
-                println!("  skipped {k}: {v}");
-            }
-            for (k, v) in &s.errors_by_code {
-                println!("  errors {k}: {v}");
-            }
-            if let Some(r) = &s.last_rejection {
-                println!("last bundle rejection: {r}");
-            }
-            if !s.last_errors.is_empty() {
-                println!("last errors:");
-                for e in &s.last_errors {
-                    println!("  {} {} [{}] {}", e.at, e.path, e.code, e.message);
-                }
-            }
+    let mut failed = findings.iter().any(|f| f.level == Level::Error);
+    if probe {
+        let wait = std::time::Duration::from_secs(5);
+        for line in exportd::preflight::probe(cfg, snap.targets(), wait) {
+            outln!("{line}");
+            failed |= !line.ok();
         }
     }
-    println!(
-        "journal:        {} records known ({exp} exported, {skip} skipped, {rej} rejected)",
-        journal.len()
-    );
+    failed
+}
+
+fn agent_key(a: &Args) -> Result<i32> {
+    let path = config(a)?;
+    let cfg = exportd::policy::config::LocalConfig::load(&path)?;
+    let Some(k) = exportd::proof::key::read_public(&cfg.state_dir)? else {
+        eprintln!(
+            "exportd: agent {} has no key yet in {}: it is made at the agent's first start",
+            cfg.agent_id,
+            cfg.state_dir.display()
+        );
+        return Ok(1);
+    };
+    let public_key = exportd::proof::key::public_b64(&k);
+    let fingerprint = exportd::proof::key::public_fingerprint(&k);
+    if a.json {
+        let v = serde_json::json!({"agent_id": cfg.agent_id, "public_key": public_key, "fingerprint": fingerprint});
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!("agent:       {}", cfg.agent_id);
+        outln!("public key:  {public_key}");
+        outln!("fingerprint: {fingerprint}");
+    }
     Ok(0)
 }
 
 fn audit_verify(a: &Args) -> Result<i32> {
     let path = config(a)?;
-    let cfg = exportd::config::LocalConfig::load(&path)?;
-    match exportd::audit::verify(&cfg.state_dir) {
+    let cfg = exportd::policy::config::LocalConfig::load(&path)?;
+    match exportd::ledger::audit::verify(&cfg.state_dir) {
         Ok(r) => {
-            println!(
+            outln!(
                 "audit log OK: {} files, {} rows, last hash {}",
-                r.files, r.rows, r.last_hash
+                r.files,
+                r.rows,
+                r.last_hash
             );
             Ok(0)
         }

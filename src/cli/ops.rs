@@ -1,3 +1,6 @@
+//! Operator commands (requests, keys, bundles): print and map exit codes;
+//! never decide what the library decides.
+//!
 //! Operator commands: compliance export requests, signing keys and bundles.
 
 use std::ffi::OsString;
@@ -6,13 +9,15 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 
+use super::out::{out, outln};
+
 use exportd::agent::{build_targets, model_in_force, target_env};
-use exportd::audit::AuditLog;
-use exportd::bundle::ops as bops;
-use exportd::bundle::trust::SigStatus;
-use exportd::config::LocalConfig;
+use exportd::control::bundle::ops as bops;
+use exportd::control::bundle::trust::SigStatus;
+use exportd::ledger::audit::AuditLog;
+use exportd::policy::config::LocalConfig;
+use exportd::policy::snapshot::Snapshot;
 use exportd::requests::{self, RequestEnv};
-use exportd::snapshot::Snapshot;
 
 fn one_path(rest: &[OsString], what: &str) -> Result<PathBuf> {
     match rest {
@@ -27,7 +32,7 @@ fn write_out(out: Option<&Path>, text: &str) -> Result<()> {
         Some(p) => std::fs::write(p, format!("{text}\n"))
             .with_context(|| format!("writing {}", p.display())),
         None => {
-            println!("{text}");
+            outln!("{text}");
             Ok(())
         }
     }
@@ -56,15 +61,14 @@ fn ensure_state_dir(dir: &Path) -> Result<()> {
 /// `.exportd-target` marker into each folder target's (existing) root, or
 /// keeps the one there when it is this target's, and records it in
 /// `state_dir/targets/`.
-pub fn target_init(config: &Option<PathBuf>, only: Option<&str>) -> Result<i32> {
-    use exportd::model::TargetKind;
-    use exportd::target::fs::FsTarget;
+pub fn target_init(cfg_path: &Path, only: &[String]) -> Result<i32> {
+    use exportd::policy::model::TargetKind;
+    use exportd::sink::fs::FsTarget;
     private_umask();
-    let cfg_path = config.clone().context("--config FILE is required")?;
-    let cfg = LocalConfig::load(&cfg_path)?;
+    let cfg = LocalConfig::load(cfg_path)?;
     let model = model_in_force(&cfg);
-    if let Some(id) = only {
-        match model.targets.iter().find(|t| t.id == id) {
+    for id in only {
+        match model.targets.iter().find(|t| t.id == *id) {
             None => {
                 let ids: Vec<&str> = model.targets.iter().map(|t| t.id.as_str()).collect();
                 bail!("unknown target {id:?} (configured: {})", ids.join(", "));
@@ -81,26 +85,26 @@ pub fn target_init(config: &Option<PathBuf>, only: Option<&str>) -> Result<i32> 
     let specs: Vec<_> = model
         .targets
         .iter()
-        .filter(|t| t.kind == TargetKind::Fs && only.is_none_or(|id| t.id == id))
+        .filter(|t| t.kind == TargetKind::Fs && (only.is_empty() || only.contains(&t.id)))
         .collect();
     if specs.is_empty() {
         bail!("the model in force has no folder (kind = \"fs\") targets");
     }
     ensure_state_dir(&cfg.state_dir)?;
     // Writes state (the marker copies): one writer per state_dir.
-    let _lock = exportd::state_lock::lock_exclusive(&cfg.state_dir)?;
+    let _lock = exportd::ledger::state_lock::lock_exclusive(&cfg.state_dir)?;
     let env = target_env(&cfg);
     let mut code = 0;
     for spec in specs {
         let t = FsTarget::new(spec, &env);
         match t.init() {
-            Ok((m, true)) => println!(
+            Ok((m, true)) => outln!(
                 "target {}: {} initialised (instance {})",
                 spec.id,
                 t.root().display(),
                 m.instance
             ),
-            Ok((m, false)) => println!(
+            Ok((m, false)) => outln!(
                 "target {}: {} already holds this target's marker (instance {}); recorded in {}",
                 spec.id,
                 t.root().display(),
@@ -116,29 +120,15 @@ pub fn target_init(config: &Option<PathBuf>, only: Option<&str>) -> Result<i32> 
     Ok(code)
 }
 
-/// `exportd request submit --config FILE REQUEST.json [--detach]`.
-pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool) -> Result<i32> {
-    private_umask();
-    let cfg_path = config.clone().context("--config FILE is required")?;
-    let req_path = one_path(rest, "REQUEST.json")?;
-    let cfg = LocalConfig::load(&cfg_path)?;
-    let json =
-        std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
-    let model = model_in_force(&cfg);
+/// Builds what a request runs against (the model in force, its targets,
+/// keys, the audit log) and calls `f` with it.
+fn with_request_env<T>(cfg: &LocalConfig, f: impl FnOnce(&RequestEnv<'_>) -> T) -> Result<T> {
+    let model = model_in_force(cfg);
     let snap = Snapshot::from_model(&model).context("compiling the policy model in force")?;
-    let targets = build_targets(&snap, &target_env(&cfg))?;
+    let targets = build_targets(&snap, &target_env(cfg))?;
     ensure_state_dir(&cfg.state_dir)?;
     let audit = Mutex::new(AuditLog::open(&cfg.state_dir)?);
-    let roots = cfg
-        .spool
-        .iter()
-        .map(|r| {
-            (
-                r.clone(),
-                std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()),
-            )
-        })
-        .collect();
+    let roots = exportd::watch::spool::canonical_roots(&cfg.spool);
     let env = RequestEnv {
         state_dir: &cfg.state_dir,
         roots,
@@ -147,22 +137,50 @@ pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool)
         keys: exportd::export::load_keys(&cfg.keys_dir),
         audit: &audit,
     };
-    let req = match requests::accept(&env, &json) {
+    Ok(f(&env))
+}
+
+/// Accepts and runs one request in this process (the demo's).
+pub fn run_request(
+    cfg_path: &Path,
+    json: &[u8],
+    progress: &mut dyn FnMut(u8),
+) -> Result<requests::compliance::Summary> {
+    private_umask();
+    let cfg = LocalConfig::load(cfg_path)?;
+    with_request_env(&cfg, |env| -> Result<_> {
+        let req = requests::accept(env, json)?;
+        Ok(requests::execute(env, &req, progress)?)
+    })?
+}
+
+/// `exportd request submit --config FILE REQUEST.json [--detach]`.
+pub fn request_submit(cfg_path: &Path, rest: &[OsString], detach: bool) -> Result<i32> {
+    private_umask();
+    let req_path = one_path(rest, "REQUEST.json")?;
+    let cfg = LocalConfig::load(cfg_path)?;
+    let json =
+        std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
+    with_request_env(&cfg, |env| submit_in(env, &json, detach))?
+}
+
+fn submit_in(env: &RequestEnv<'_>, json: &[u8], detach: bool) -> Result<i32> {
+    let req = match requests::accept(env, json) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("exportd: {e}");
             return Ok(1);
         }
     };
-    println!("request {} accepted", req.request_id);
+    outln!("request {} accepted", req.request_id);
     if detach {
-        println!(
+        outln!(
             "the running daemon picks it up at its next start; follow it with `exportd request status`"
         );
         return Ok(0);
     }
     let mut last = 255u8;
-    let res = requests::execute(&env, &req, &mut |pc| {
+    let res = requests::execute(env, &req, &mut |pc| {
         if pc != last {
             last = pc;
             eprint!("\rrequest {}: {pc}%", req.request_id);
@@ -172,7 +190,7 @@ pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool)
     match res {
         Ok(s) => {
             let c = &s.counts;
-            println!(
+            outln!(
                 "request {} completed: {} ({} conversations, {} messages, {} deleted, {} edits, {} files){}",
                 s.request_id,
                 s.zip.display(),
@@ -197,10 +215,9 @@ pub fn request_submit(config: &Option<PathBuf>, rest: &[OsString], detach: bool)
 }
 
 /// `exportd request status --config FILE [ID] [--json]`.
-pub fn request_status(config: &Option<PathBuf>, rest: &[OsString], json: bool) -> Result<i32> {
-    let cfg_path = config.clone().context("--config FILE is required")?;
-    let cfg = LocalConfig::load(&cfg_path)?;
-    let store = exportd::compliance::StatusStore::new(&cfg.state_dir);
+pub fn request_status(cfg_path: &Path, rest: &[OsString], json: bool) -> Result<i32> {
+    let cfg = LocalConfig::load(cfg_path)?;
+    let store = exportd::requests::compliance::StatusStore::new(&cfg.state_dir);
     let list = match rest {
         [] => store.list()?,
         [id] => {
@@ -219,14 +236,14 @@ pub fn request_status(config: &Option<PathBuf>, rest: &[OsString], json: bool) -
         _ => bail!("at most one request id"),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
     if list.is_empty() {
-        println!("no export requests");
+        outln!("no export requests");
     }
     for s in list {
-        print!(
+        out!(
             "{:<28} {:<11} {:>3}%  submitted {}",
             s.request_id,
             format!("{:?}", s.status),
@@ -234,37 +251,36 @@ pub fn request_status(config: &Option<PathBuf>, rest: &[OsString], json: bool) -
             s.submitted_at
         );
         if let Some(c) = &s.completed_at {
-            print!("  completed {c}");
+            out!("  completed {c}");
         }
         if let Some(z) = &s.zip {
-            print!("  {}", z.display());
+            out!("  {}", z.display());
         }
         if let Some(r) = &s.reason {
-            print!("  ({r})");
+            out!("  ({r})");
         }
-        println!();
+        outln!();
     }
     Ok(0)
 }
 
 /// `exportd keygen [PREFIX]`.
-pub fn keygen(rest: &[OsString], out: Option<&Path>) -> Result<i32> {
-    let prefix = match (rest, out) {
-        ([p], _) => PathBuf::from(p),
-        ([], Some(o)) => o.to_path_buf(),
-        ([], None) => PathBuf::from("exportd-signing"),
+pub fn keygen(rest: &[OsString]) -> Result<i32> {
+    let prefix = match rest {
+        [p] => PathBuf::from(p),
+        [] => PathBuf::from("exportd-signing"),
         _ => bail!("usage: exportd keygen [PREFIX]"),
     };
     let k = bops::keygen(&prefix)?;
-    println!(
+    outln!(
         "private key: {} (mode 0600; keep it offline)",
         k.key_path.display()
     );
-    println!("public key:  {}", k.pub_path.display());
-    println!("fingerprint: {}", k.fingerprint);
-    println!();
-    println!("# add to exportd.toml of the appliances that trust it:");
-    println!("{}", k.trust_toml(&["config", "export"]));
+    outln!("public key:  {}", k.pub_path.display());
+    outln!("fingerprint: {}", k.fingerprint);
+    outln!();
+    outln!("# add to exportd.toml of the appliances that trust it:");
+    outln!("{}", k.trust_toml(&["config", "export"]));
     Ok(0)
 }
 
@@ -277,10 +293,32 @@ pub fn bundle_sign(
     out: Option<&Path>,
 ) -> Result<i32> {
     let key = key.context("--key FILE is required")?;
-    let kind = kind.context("--type config|export-request is required")?;
+    let kind = kind.context("--type config|users-delta|export-request is required")?;
     let payload = one_path(rest, "PAYLOAD.json")?;
-    let env = bops::sign_file(key, keyid, kind, &payload)?;
-    write_out(out, &env.to_json_pretty())?;
+    // Streamed: the payload is checked, signed and encoded in chunks, never
+    // held whole (a 1,000,000-user directory is ~170 MiB).
+    match out {
+        Some(p) => {
+            let tmp = p.with_extension("tmp");
+            let mut w = std::io::BufWriter::new(
+                std::fs::File::create(&tmp)
+                    .with_context(|| format!("writing {}", tmp.display()))?,
+            );
+            let res =
+                exportd::control::bundle::sign::sign_file_to(key, keyid, kind, &payload, &mut w);
+            drop(w);
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+            std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            exportd::control::bundle::sign::sign_file_to(key, keyid, kind, &payload, &mut w)?;
+        }
+    }
     Ok(0)
 }
 
@@ -299,18 +337,17 @@ pub fn bundle_cosign(
 }
 
 /// `exportd bundle verify --config FILE BUNDLE.json`.
-pub fn bundle_verify(config: &Option<PathBuf>, rest: &[OsString]) -> Result<i32> {
-    let cfg_path = config.clone().context("--config FILE is required")?;
-    let cfg = LocalConfig::load(&cfg_path)?;
+pub fn bundle_verify(cfg_path: &Path, rest: &[OsString]) -> Result<i32> {
+    let (cfg, _) = LocalConfig::load_head(cfg_path)?;
     let bundle = one_path(rest, "BUNDLE.json")?;
-    let r = match bops::verify_file(&bundle, &cfg.trust, &cfg.state_dir) {
+    let r = match bops::verify_file_with(&bundle, &cfg.trust, &cfg.state_dir, Some(cfg_path)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("exportd: {}: {e}", bundle.display());
             return Ok(1);
         }
     };
-    println!("payload type: {}", r.payload_type);
+    outln!("payload type: {}", r.payload_type);
     for s in &r.signatures {
         let what = match &s.status {
             SigStatus::Valid(roles) => format!(
@@ -324,20 +361,20 @@ pub fn bundle_verify(config: &Option<PathBuf>, rest: &[OsString]) -> Result<i32>
             SigStatus::Invalid => "INVALID signature".to_string(),
             SigStatus::UnknownKey => "unknown key (ignored)".to_string(),
         };
-        println!("signature {}: {what}", s.keyid);
+        outln!("signature {}: {what}", s.keyid);
     }
-    println!("version in force: {}", r.version_in_force);
+    outln!("version in force: {}", r.version_in_force);
     // The daemon builds the model before committing it: so does the verdict.
     let verdict = match r.verdict {
-        Ok(exportd::bundle::Accepted::Config(c)) => {
-            match exportd::agent::prepare_model(
-                &c.model,
-                "verify",
-                &cfg.spool,
-                &exportd::agent::target_env(&cfg),
-            ) {
-                Ok(_) => Ok(exportd::bundle::Accepted::Config(c)),
-                Err(reason) => Err(exportd::bundle::BundleError::CannotApply {
+        Ok(exportd::control::bundle::Accepted::Config(c)) => {
+            let env = exportd::agent::target_env(&cfg);
+            let prepared = match &c.compiled {
+                Some(compiled) => exportd::agent::prepare_compiled(&c, compiled, &cfg.spool, &env),
+                None => exportd::agent::prepare_model(&c.model, "verify", &cfg.spool, &env),
+            };
+            match prepared {
+                Ok(_) => Ok(exportd::control::bundle::Accepted::Config(c)),
+                Err(reason) => Err(exportd::control::bundle::BundleError::CannotApply {
                     version: c.version,
                     reason,
                 }),
@@ -345,13 +382,22 @@ pub fn bundle_verify(config: &Option<PathBuf>, rest: &[OsString]) -> Result<i32>
         }
         other => other,
     };
+    if let (Ok(_), Some(ch)) = (&verdict, r.changes) {
+        outln!(
+            "users: {} added, {} changed, {} removed (against version {} in force)",
+            ch.added,
+            ch.changed,
+            ch.removed,
+            r.version_in_force
+        );
+    }
     match &verdict {
         Ok(a) => {
-            println!("verdict: would be applied ({})", a.audit_id());
+            outln!("verdict: would be applied ({})", a.audit_id());
             Ok(0)
         }
         Err(e) => {
-            println!("verdict: would be REJECTED: {e}");
+            outln!("verdict: would be REJECTED: {e}");
             Ok(1)
         }
     }

@@ -1,4 +1,5 @@
-//! age encryption for `simulate --encrypt-to`.
+//! age encryption for `simulate --encrypt-to`; only for simulated records,
+//! never for the agent's own data.
 
 use std::fs::File;
 use std::io::{self, Write};

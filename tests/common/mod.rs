@@ -18,6 +18,27 @@ pub fn exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_exportd")))
 }
 
+/// How many times longer a deadline is in the emulated lanes (`EXPORTD_LANE`
+/// set: QEMU runs the code several times slower than the host, on a shared
+/// machine): `EXPORTD_LANE_SLACK`, default 4; 1 on the host. Only for
+/// deadlines (wait at most so long, fail after): a test that passes still
+/// returns as soon as its condition holds.
+pub fn lane_slack() -> u32 {
+    if std::env::var_os("EXPORTD_LANE").is_none() {
+        return 1;
+    }
+    std::env::var("EXPORTD_LANE_SLACK")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &u32| n >= 1)
+        .unwrap_or(4)
+}
+
+/// A deadline scaled for the emulated lanes ([`lane_slack`]).
+pub fn patience(d: Duration) -> Duration {
+    d * lane_slack()
+}
+
 /// A temporary appliance.
 pub struct Appliance {
     pub dir: tempfile::TempDir,
@@ -126,11 +147,12 @@ impl Appliance {
             if child.try_wait().unwrap().is_some() {
                 return child.wait_with_output().unwrap();
             }
-            if t0.elapsed() > Duration::from_secs(120) {
+            if t0.elapsed() > patience(Duration::from_secs(120)) {
                 let _ = child.kill();
                 let out = child.wait_with_output().unwrap();
                 panic!(
-                    "exportd run --until-idle did not finish in 120 s; stderr:\n{}",
+                    "exportd run --until-idle did not finish in {:?}; stderr:\n{}",
+                    patience(Duration::from_secs(120)),
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
@@ -143,7 +165,12 @@ impl Appliance {
         let child = Command::new(exe())
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("EXPORTD_LOG", "info")
+            // EXPORTD_TEST_LOG=debug: the daemon's decisions in the log a
+            // failing test prints.
+            .env(
+                "EXPORTD_LOG",
+                std::env::var("EXPORTD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -171,7 +198,13 @@ impl Appliance {
         };
         files.sort();
         for f in files {
-            for (i, line) in fs::read_to_string(&f).unwrap().lines().enumerate() {
+            // Complete lines only: read while the daemon appends, the last
+            // line may be half there (a torn read, not a torn row).
+            let text = String::from_utf8_lossy(&fs::read(&f).unwrap()).into_owned();
+            for (i, line) in text.split_inclusive('\n').enumerate() {
+                let Some(line) = line.strip_suffix('\n') else {
+                    continue;
+                };
                 if i == 0 {
                     continue;
                 }
@@ -211,15 +244,39 @@ impl Daemon {
             let _ = c.wait();
         }
     }
-    /// SIGTERM and wait; returns the exit status and stderr.
+    /// SIGTERM and wait; returns the exit status and stderr. A daemon that
+    /// does not stop within a minute (scaled by [`patience`]) is SIGKILLed
+    /// and the test fails saying so, instead of hanging the whole binary
+    /// until the lane's timeout kills it without a word.
     pub fn stop(&mut self) -> (i32, String) {
         self.signal("TERM");
         let c = self.child.take().unwrap();
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let pid = c.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.wait_with_output());
+        });
+        let limit = patience(Duration::from_secs(60));
+        match rx.recv_timeout(limit) {
+            Ok(out) => {
+                let out = out.unwrap();
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                let out = rx.recv().ok().and_then(|o| o.ok());
+                panic!(
+                    "the daemon (pid {pid}) did not stop within {limit:?} of SIGTERM; SIGKILLed; stderr tail:\n{}",
+                    out.map(|o| tail(&String::from_utf8_lossy(&o.stderr), 4000).to_string())
+                        .unwrap_or_default()
+                );
+            }
+        }
     }
 }
 
@@ -230,7 +287,9 @@ impl Drop for Daemon {
 }
 
 /// Polls `f` until true or the timeout (then panics).
+/// (The timeout is scaled in the emulated lanes: [`patience`].)
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let timeout = patience(timeout);
     let t0 = Instant::now();
     while !f() {
         if t0.elapsed() > timeout {
@@ -365,8 +424,12 @@ pub fn files_below(root: &Path) -> Vec<String> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == ".exportd-target") {
-                // The target's marker (issue 13 point 6), not a copy.
+            } else if p.file_name().is_some_and(|n| n == ".exportd-target")
+                || p.strip_prefix(root)
+                    .is_ok_and(|r| r.starts_with("exportd-audit"))
+            {
+                // The target's marker (issue 13 point 6) and the audit log's
+                // checkpoints and closed days (issue 14), not copies.
             } else {
                 v.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
             }
@@ -426,6 +489,11 @@ impl Appliance {
     /// Starts the daemon with its log appended to `log` (a piped stderr that
     /// nobody reads would fill and block a busy daemon). Does not wait.
     pub fn spawn_logged(&self, log: &Path) -> Daemon {
+        self.spawn_logged_env(log, &[])
+    }
+
+    /// [`Appliance::spawn_logged`] with more environment for the daemon.
+    pub fn spawn_logged_env(&self, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -434,7 +502,11 @@ impl Appliance {
         let child = Command::new(exe())
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("EXPORTD_LOG", "info")
+            .env(
+                "EXPORTD_LOG",
+                std::env::var("EXPORTD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(f))
             .spawn()
@@ -452,6 +524,7 @@ impl Appliance {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let timeout = patience(timeout);
         // Drain stderr on a thread so a chatty run cannot block on a full pipe.
         let mut err = child.stderr.take().unwrap();
         let drain = std::thread::spawn(move || {
@@ -501,7 +574,7 @@ pub fn spool_xmls(root: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|rel| {
             let name = rel.rsplit('/').next().unwrap_or(rel);
-            exportd::spool::is_metadata_name(name)
+            exportd::watch::spool::is_metadata_name(name)
         })
         .map(|rel| root.join(rel))
         .collect();
@@ -529,11 +602,11 @@ pub struct DueCopy {
 /// Due copies of every record in `spool` under the config at `config`.
 /// Unparsable XMLs are ignored (they are error rows, not copies).
 pub fn due_copies(config: &Path, spool: &Path) -> Vec<DueCopy> {
-    use exportd::layout::{Values, metadata_name, plan_files, sanitize_component};
-    use exportd::matcher::{Decision, Verdict, decide};
+    use exportd::export::layout::{Values, metadata_name, plan_files, sanitize_component};
+    use exportd::policy::matcher::{Decision, Verdict, decide};
     use exportd::record::Modality;
-    let cfg = exportd::config::LocalConfig::load(config).unwrap();
-    let snap = exportd::snapshot::Snapshot::from_model(&cfg.inline_model()).unwrap();
+    let cfg = exportd::policy::config::LocalConfig::load(config).unwrap();
+    let snap = exportd::policy::snapshot::Snapshot::from_model(&cfg.inline_model()).unwrap();
     let mut out = Vec::new();
     for xml in spool_xmls(spool) {
         let Ok(bytes) = fs::read(&xml) else { continue };
@@ -724,7 +797,9 @@ pub fn is_root() -> bool {
 }
 
 /// Like [`wait_for`], but the panic says what was awaited and shows the tail of a daemon log.
+/// (The timeout is scaled in the emulated lanes: [`patience`].)
 pub fn wait_until(what: &str, timeout: Duration, log: &Path, mut f: impl FnMut() -> bool) {
+    let timeout = patience(timeout);
     let t0 = Instant::now();
     while !f() {
         if t0.elapsed() > timeout {

@@ -25,6 +25,11 @@ does what AWS requires; the mock is patched here instead:
    `x-amz-sdk-checksum-algorithm: SHA256` beside it (as the AWS SDKs do, and
    AWS accepts), so no patch is needed; moto also needs that header to store
    the checksum it returns on HEAD.
+4. moto checks a request's signature against its query string as decoded
+   (`prefix=ny/` instead of `prefix=ny%2F`), so every correctly signed
+   listing with a `/` in a parameter (ListObjectsV2 with a prefix or a
+   delimiter, boto3's too) is refused with SignatureDoesNotMatch. AWS signs
+   the query as sent: patched below to encode it again as SigV4 requires.
 """
 import hashlib
 import json
@@ -84,6 +89,27 @@ def _patched_complete(self, bucket_name, multipart_id, body):
 
 
 S3Response._key_response_post = _patched_post
+
+# --- gap 4: listing signatures -------------------------------------------------
+from moto.iam.access_control import S3IAMRequest
+
+
+_orig_create_aws_request = S3IAMRequest._create_aws_request
+
+
+def _patched_create_aws_request(self):
+    from urllib.parse import quote, unquote
+    path, sep, query = self._path.partition("?")
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            k, eq, v = pair.partition("=")
+            pairs.append(quote(unquote(k), safe="-_.~") + eq + quote(unquote(v), safe="-_.~"))
+        self._path = path + "?" + "&".join(pairs)
+    return _orig_create_aws_request(self)
+
+
+S3IAMRequest._create_aws_request = _patched_create_aws_request
 S3Backend.complete_multipart_upload = _patched_complete
 
 

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use exportd::model::{LockMode, ObjectLock, TargetKind, TargetSpec};
+use exportd::policy::model::{LockMode, ObjectLock, TargetKind, TargetSpec};
 use serde_json::{Value, json};
 
 /// What CI must install for these tests.
@@ -240,4 +240,15 @@ pub fn bytes(len: usize, seed: u8) -> Vec<u8> {
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The body of a `[[targets]]` table (no header) for `spec` (a bucket on
+/// this moto, prefix `ny/`, compliance lock for 30 days) under `id`.
+pub fn target_table(spec: &TargetSpec, id: &str, endpoint: &str) -> String {
+    format!(
+        "id = \"{id}\"\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nbucket = \"{}\"\nprefix = \"ny/\"\npath_style = true\naccess_key_id = \"{}\"\nsecret_file = \"{}\"\nobject_lock = {{ mode = \"compliance\", retain_days = 30 }}\n",
+        spec.bucket.as_deref().unwrap(),
+        spec.access_key_id.as_deref().unwrap(),
+        spec.secret_file.as_ref().unwrap().display()
+    )
 }

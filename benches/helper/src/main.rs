@@ -14,7 +14,7 @@
 //!       1 % of them gone), prunes and compacts, then journals 1,000 more
 //!       records; prints the times and VmRSS/VmHWM in KiB.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn proc_status(field: &str) -> String {
@@ -26,17 +26,17 @@ fn proc_status(field: &str) -> String {
         .unwrap_or_default()
 }
 
-fn key(i: u64) -> exportd::journal::PathKey {
-    exportd::journal::path_key(Path::new("/spool"), &format!("2026/11/21/r{i}/r{i}.xml"))
+fn key(i: u64) -> exportd::ledger::journal::PathKey {
+    exportd::ledger::journal::path_key(Path::new("/spool"), &format!("2026/11/21/r{i}/r{i}.xml"))
 }
 
 fn journal_gen(dir: &Path, n: u64) {
-    use exportd::journal::{Entry, Outcome, encode_frame, short_key, version};
+    use exportd::ledger::journal::{Entry, Outcome, encode_frame, short_key, version};
     use std::io::Write;
     std::fs::create_dir_all(dir).unwrap();
     let f = std::fs::File::create(dir.join("journal.log")).unwrap();
     let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-    let copy = exportd::journal::copy_id("p", "t0");
+    let copy = exportd::ledger::journal::copy_id("p", "t0");
     for i in 0..n {
         let k = short_key(&key(i));
         let ver = version(1000 + i, 1_700_000_000_000_000_000 + i as i64);
@@ -61,7 +61,7 @@ fn journal_gen(dir: &Path, n: u64) {
 }
 
 fn journal_memory(dir: &Path, n: u64) {
-    use exportd::journal::{FileStore, Journal, Outcome};
+    use exportd::ledger::journal::{FileStore, Journal, Outcome};
     let path = dir.join("journal.log");
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let rss0 = proc_status("VmRSS:");
@@ -79,7 +79,7 @@ fn journal_memory(dir: &Path, n: u64) {
     j.prune_unseen().expect("prune and compact");
     let sweep_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let copy = exportd::journal::copy_id("p", "t0");
+    let copy = exportd::ledger::journal::copy_id("p", "t0");
     for i in n..n + 1_000 {
         let (size, mtime) = (1000 + i, 1_700_000_000_000_000_000 + i as i64);
         let mut row = [0u8; 32];
@@ -110,7 +110,7 @@ fn main() {
             let mut keep = None;
             for _ in 0..n {
                 let t = Instant::now();
-                let s = exportd::snapshot::Snapshot::open(path).expect("open snapshot");
+                let s = exportd::policy::snapshot::Snapshot::open(path).expect("open snapshot");
                 found = s.lookup(ext).is_some();
                 times.push(t.elapsed().as_secs_f64() * 1e6);
                 keep = Some(s);
@@ -127,11 +127,30 @@ fn main() {
                 proc_status("VmHWM:")
             );
         }
+        Some("simulate-folders") => {
+            // `exportd simulate --rate R --duration S` with each record in a
+            // new folder of its own (the CLI writes day folders only).
+            let opts = exportd::simulate::SimOptions {
+                spool: PathBuf::from(&args[2]),
+                count: 0,
+                rate: args[3].parse().unwrap(),
+                duration: Some(std::time::Duration::from_secs_f64(args[4].parse().unwrap())),
+                log: Some(PathBuf::from(&args[5])),
+                users: args[6].parse().unwrap(),
+                seed: args[7].parse().unwrap(),
+                size_scale: 1.0,
+                progress: false,
+                encrypt: None,
+                fsync: false,
+            };
+            exportd::simulate::simulate_in(&opts, exportd::simulate::SpoolLayout::FolderPerRecord)
+                .expect("simulate");
+        }
         Some("journal-gen") => journal_gen(Path::new(&args[2]), args[3].parse().unwrap()),
         Some("journal-memory") => journal_memory(Path::new(&args[2]), args[3].parse().unwrap()),
         _ => {
             eprintln!(
-                "usage: exportd-bench-helper snapshot-load SNAPSHOT N EXT | journal-gen DIR N | journal-memory DIR N"
+                "usage: exportd-bench-helper snapshot-load SNAPSHOT N EXT | simulate-folders SPOOL RATE SECONDS LOG USERS SEED | journal-gen DIR N | journal-memory DIR N"
             );
             std::process::exit(2);
         }

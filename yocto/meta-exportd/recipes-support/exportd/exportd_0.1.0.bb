@@ -5,7 +5,7 @@ HOMEPAGE = "https://exportd.invalid/"
 SECTION = "utils"
 CVE_PRODUCT = "exportd"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 # Where the sources come from: set both in local.conf or a .bbappend, e.g.
 #   EXPORTD_SRC_URI = "git://git.example.com/exportd.git;protocol=ssh;branch=main"
@@ -23,6 +23,12 @@ SRCREV ??= "${AUTOREV}"
 # Sample configuration inside the source tree, installed as the default
 # /etc/exportd/exportd.toml (a conffile: upgrades keep local edits).
 EXPORTD_DEFAULT_CONFIG ??= "examples/exportd.toml"
+
+# The recorder spool root(s), space-separated: the one place it is set. It
+# goes into the unit's drop-in exportd.service.d/spool.conf
+# (RequiresMountsFor=, ReadOnlyPaths=: systemd expands no environment
+# variables there) and into `spool = [...]` of the installed configuration.
+EXPORTD_SPOOL ??= "${localstatedir}/spool/recorder"
 
 # Crate sources (crate:// URIs + checksums) from Cargo.lock. Regenerate after
 # every Cargo.lock change: yocto/gen-crates-inc.sh (or bitbake -c update_crates exportd).
@@ -65,11 +71,32 @@ do_install:append() {
     if [ ! -f ${S}/${EXPORTD_DEFAULT_CONFIG} ]; then
         bbfatal "no sample configuration at ${EXPORTD_DEFAULT_CONFIG} in the source tree (set EXPORTD_DEFAULT_CONFIG)"
     fi
-    install -m 0640 -o root -g exportd ${S}/${EXPORTD_DEFAULT_CONFIG} ${D}${sysconfdir}/exportd/exportd.toml
+    spool_toml=$(printf '"%s", ' ${EXPORTD_SPOOL} | sed 's/, $//')
+    sed -e "s#^spool *=.*#spool     = [${spool_toml}]#" ${S}/${EXPORTD_DEFAULT_CONFIG} > ${D}${sysconfdir}/exportd/exportd.toml
+    chown root:exportd ${D}${sysconfdir}/exportd/exportd.toml
+    chmod 0640 ${D}${sysconfdir}/exportd/exportd.toml
+
+    install -d ${D}${systemd_system_unitdir}/exportd.service.d
+    sed -e "s#^RequiresMountsFor=.*#RequiresMountsFor=${EXPORTD_SPOOL}#" \
+        -e "s#^ReadOnlyPaths=.*#ReadOnlyPaths=${EXPORTD_SPOOL}#" \
+        ${S}/systemd/exportd.service.d/spool.conf > ${D}${systemd_system_unitdir}/exportd.service.d/spool.conf
+    chmod 0644 ${D}${systemd_system_unitdir}/exportd.service.d/spool.conf
+
+    # Completions and the man page: generated from the command table
+    # (`exportd completions SHELL`, `exportd manpage`) and committed under
+    # dist/ (the cross-built binary cannot run on the build host).
+    install -D -m 0644 ${S}/dist/completions/exportd.bash ${D}${datadir}/bash-completion/completions/exportd
+    install -D -m 0644 ${S}/dist/completions/_exportd ${D}${datadir}/zsh/site-functions/_exportd
+    install -D -m 0644 ${S}/dist/completions/exportd.fish ${D}${datadir}/fish/vendor_completions.d/exportd.fish
+    install -D -m 0644 ${S}/dist/exportd.1 ${D}${mandir}/man1/exportd.1
 }
 
 FILES:${PN} += "\
     ${systemd_system_unitdir}/exportd.service \
+    ${systemd_system_unitdir}/exportd.service.d/spool.conf \
+    ${datadir}/bash-completion/completions/exportd \
+    ${datadir}/zsh/site-functions/_exportd \
+    ${datadir}/fish/vendor_completions.d/exportd.fish \
     ${nonarch_libdir}/sysusers.d/exportd.conf \
     ${nonarch_libdir}/tmpfiles.d/exportd.conf \
     ${sysconfdir}/exportd \

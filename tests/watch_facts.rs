@@ -1,0 +1,165 @@
+//! Whether a content file is still being written is decided from facts (the
+//! kernel's read lease), not from a clock: a record whose XML is complete is
+//! exported at once however its folder came to be, and a file still open for
+//! writing (a recorder breaking spool.md's order) is never archived short.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+/// Whether this kernel (or emulator) answers read-lease questions here; the
+/// agent falls back to its timer where it does not, which these tests do
+/// not cover. A host run under CI=true must have them.
+fn leases_work(a: &Appliance) -> bool {
+    use exportd::watch::lease::{Writers, writers};
+    let p = a.dir.path().join("lease-probe");
+    let w = fs::File::create(&p).unwrap();
+    let r = fs::File::open(&p).unwrap();
+    let answer = writers(&r);
+    drop(w);
+    if answer == Writers::Some {
+        return true;
+    }
+    assert!(
+        !ci() || std::env::var_os("EXPORTD_LANE").is_some(),
+        "read leases unavailable ({answer:?}) on {}: the agent would fall back to its timer",
+        p.display()
+    );
+    eprintln!("SKIP: read leases unavailable here ({answer:?}); the agent falls back to its timer");
+    false
+}
+
+fn config(a: &Appliance) -> String {
+    let mut c = a.head(600);
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    c
+}
+
+fn copy_of(a: &Appliance, id: &str, name: &str) -> PathBuf {
+    a.targets[0].join(format!("2026/11/21/u-1/{id}/{name}"))
+}
+
+/// A record folder made outside the spool (same file system), to be moved
+/// in whole: its files are then found by a scan, their creation unseen.
+fn staged(a: &Appliance, id: &str) -> PathBuf {
+    let dir = a.dir.path().join(format!("staging-{id}"));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The content file of `Rec::voice(id)` opened for writing, its first half
+/// written and the XML (which lists it) complete beside it.
+fn half_written(dir: &Path, id: &str) -> (fs::File, Vec<u8>) {
+    let rec = Rec::voice(id, "100");
+    let body = rec.files[0].2.clone();
+    let mut f = fs::File::create(dir.join(&rec.files[0].1)).unwrap();
+    f.write_all(&body[..body.len() / 2]).unwrap();
+    f.flush().unwrap();
+    fs::write(dir.join(format!("{id}.xml")), rec.xml()).unwrap();
+    (f, body)
+}
+
+#[test]
+fn a_record_in_a_folder_moved_in_with_a_future_mtime_is_exported_at_once() {
+    // A folder that arrives whole (created before any watch on it), its
+    // media stamped by a clock ahead of ours: no age says "closed", only
+    // the kernel can. Before the lease, such a file counted as still being
+    // written for as long as its mtime looked recent: forever.
+    let a = Appliance::new(1);
+    if !leases_work(&a) {
+        return;
+    }
+    a.write_config(&config(&a));
+    let mut d = a.spawn();
+    let stage = staged(&a, "ahead");
+    let rec = Rec::voice("ahead", "100");
+    rec.write(&stage);
+    let media = fs::File::options()
+        .write(true)
+        .open(stage.join("ahead.wav"))
+        .unwrap();
+    media
+        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    drop(media);
+    let dest = a.spool.join("2026/11/21/ahead");
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::rename(&stage, &dest).unwrap();
+    wait_for(Duration::from_secs(60), || {
+        copy_of(&a, "ahead", "ahead.xml").exists()
+    });
+    assert_eq!(
+        fs::read(copy_of(&a, "ahead", "ahead.wav")).unwrap(),
+        rec.files[0].2
+    );
+    let (code, err) = d.stop();
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_file_still_open_for_writing_in_a_moved_in_folder_is_waited_for() {
+    let a = Appliance::new(1);
+    if !leases_work(&a) {
+        return;
+    }
+    a.write_config(&config(&a));
+    let mut d = a.spawn();
+    let stage = staged(&a, "open");
+    let (mut f, body) = half_written(&stage, "open");
+    fs::rename(&stage, a.spool.join("open")).unwrap();
+    // Longer than the old fallback's 5 s of "unchanged": a clock would
+    // have called the half file complete by now.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        !copy_of(&a, "open", "open.wav").exists() && a.rows_with("export").is_empty(),
+        "a file open for writing was archived: {:?}",
+        fs::read(copy_of(&a, "open", "open.wav")).ok()
+    );
+    f.write_all(&body[body.len() / 2..]).unwrap();
+    drop(f);
+    // The XML is in place before the export row is appended (the row is
+    // the commit point, written last): wait for the row.
+    wait_for(Duration::from_secs(60), || {
+        copy_of(&a, "open", "open.xml").exists() && !a.rows_with("export").is_empty()
+    });
+    assert_eq!(fs::read(copy_of(&a, "open", "open.wav")).unwrap(), body);
+    assert_eq!(a.rows_with("export").len(), 1);
+    let (code, err) = d.stop();
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_file_open_for_writing_when_the_agent_starts_is_waited_for() {
+    // The startup scan cannot have seen the file's creation either.
+    let a = Appliance::new(1);
+    if !leases_work(&a) {
+        return;
+    }
+    a.write_config(&config(&a));
+    let dir = a.spool.join("at-start");
+    fs::create_dir_all(&dir).unwrap();
+    let (mut f, body) = half_written(&dir, "atstart");
+    let mut d = a.spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !copy_of(&a, "atstart", "atstart.wav").exists(),
+        "a file open for writing was archived at startup"
+    );
+    f.write_all(&body[body.len() / 2..]).unwrap();
+    drop(f);
+    wait_for(Duration::from_secs(60), || {
+        copy_of(&a, "atstart", "atstart.xml").exists()
+    });
+    assert_eq!(
+        fs::read(copy_of(&a, "atstart", "atstart.wav")).unwrap(),
+        body
+    );
+    let (code, err) = d.stop();
+    assert_eq!(code, 0, "{err}");
+}
