@@ -497,3 +497,44 @@ fn check_config_reports_every_problem() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An agent upgraded over a `snapshot.bin` of an older format (here
+/// `EXSNAP01`, before the id index) compiles the model again and exports
+/// as before: the snapshot is a cache, never a reason to stop.
+#[test]
+fn a_snapshot_of_an_older_format_is_compiled_again() {
+    let a = Appliance::new(2);
+    a.write_config(&policies_config(&a));
+    let day = a.spool.join("2026/11/21");
+    Rec::voice("s1", "+12125550100").write(&day);
+    let out = a.run_until_idle();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap = a.state.join("snapshot.bin");
+    let mut bytes = fs::read(&snap).unwrap();
+    assert_eq!(&bytes[..8], b"EXSNAP02");
+    bytes[..8].copy_from_slice(b"EXSNAP01");
+    fs::write(&snap, &bytes).unwrap();
+    Rec::voice("s2", "TRD-0042").write(&day);
+    let out = a.run_until_idle();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&fs::read(&snap).unwrap()[..8], b"EXSNAP02");
+    let exported: Vec<String> = a
+        .rows_with("export")
+        .iter()
+        .map(|r| r.join(","))
+        .filter(|r| r.contains("s2"))
+        .collect();
+    assert_eq!(
+        exported.len(),
+        2,
+        "s2 matched through the recompiled snapshot: {exported:?}"
+    );
+}

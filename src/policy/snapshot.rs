@@ -5,19 +5,25 @@
 //! Layout (little endian):
 //!
 //! ```text
-//! 0   magic "EXSNAP01"
+//! 0   magic "EXSNAP02"
 //! 8   u32 header_len     12 u32 n_ext     16 u32 n_users
 //! 20  u32 crc32 of bytes [28..]           24 u32 reserved
 //! 28  header: JSON {version, targets, policies}
 //!     padding to a multiple of 4
 //!     ext index: n_ext x [u64 hash][u32 user][u32 str_off], sorted by hash
 //!     user index: n_users x [u32 off]
+//!     id index: n_users x [u64 hash][u32 user], sorted by hash, then id
 //!     blob: postcard user records and postcard extension strings
 //! ```
 //!
-//! A lookup normalises the extension into a stack buffer, binary-searches the
-//! hash, compares the stored string and decodes the user record borrowing
-//! from the map: no heap allocation. A swap of the model is a swap of one
+//! A lookup normalises the extension into a stack buffer, searches the hash
+//! (interpolation, then halving: the hashes are uniform, so a lookup in a
+//! large mapped index touches one or two pages, not one per halving),
+//! compares the stored string and decodes the user record borrowing from
+//! the map: no heap allocation. The id index finds a user by id the same
+//! way (a delta's ids, without a pass over the users). `EXSNAP01` files
+//! (without the id index) are not opened: they are compiled again from the
+//! model in force, as any file that does not open. A swap of the model is a swap of one
 //! `Arc<Snapshot>`: a record is matched against the old or the new, never a mix.
 
 use std::io;
@@ -32,7 +38,9 @@ use crate::policy::model::{
 };
 use crate::policy::overlay::{Effect, Overlay};
 
-pub(crate) const MAGIC: &[u8; 8] = b"EXSNAP01";
+pub(crate) const MAGIC: &[u8; 8] = b"EXSNAP02";
+/// Bytes of one id index entry.
+pub(crate) const ID_ENTRY: usize = 12;
 pub(crate) const FIXED: usize = 28;
 
 /// The policy ids of one user (bounded, allocation-free).
@@ -171,15 +179,15 @@ impl From<crate::policy::intake::IntakeError> for SnapshotError {
 }
 
 enum Backing {
-    /// The map, and the file for reads that must not fault pages in.
-    Map(memmap2::Mmap, std::fs::File),
+    /// The mapped file.
+    Map(memmap2::Mmap),
     Heap(Vec<u8>),
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Map(m, _) => m,
+            Backing::Map(m) => m,
             Backing::Heap(v) => v,
         }
     }
@@ -200,6 +208,7 @@ pub struct Snapshot {
     n_users: usize,
     ext_at: usize,
     users_at: usize,
+    ids_at: usize,
     blob_at: usize,
 }
 
@@ -228,6 +237,66 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The first index in `0..n` of a table sorted by hash whose hash
+/// (`key(i)`) is `>= h` (`n` when none is): the position the uniform hashes
+/// predict, then doubling steps from there until `h` is bracketed, then
+/// halving. A search touches the entries near its guess (one or two pages
+/// of a mapped index) instead of one page per halving; the worst case
+/// (hashes far from uniform) is still O(log n) probes. `None` only when an
+/// entry cannot be read.
+pub(crate) fn lower_bound(key: impl Fn(usize) -> Option<u64>, n: usize, h: u64) -> Option<usize> {
+    if n == 0 {
+        return Some(0);
+    }
+    let (first, last) = (key(0)?, key(n - 1)?);
+    if h <= first {
+        return Some(0);
+    }
+    if h > last {
+        return Some(n);
+    }
+    // Now first < h <= last, so n >= 2. Invariant: key(i) < h for i < lo,
+    // key(i) >= h for i >= hi.
+    let (mut lo, mut hi) = (1usize, n - 1);
+    let guess = (u128::from(h - first) * (n - 1) as u128 / u128::from(last - first)) as usize;
+    let g = guess.clamp(lo, hi);
+    let mut step = 1usize;
+    if key(g)? >= h {
+        hi = g;
+        while hi > lo {
+            let p = hi.saturating_sub(step).max(lo);
+            if key(p)? >= h {
+                hi = p;
+                step = step.saturating_mul(2);
+            } else {
+                lo = p + 1;
+                break;
+            }
+        }
+    } else {
+        lo = g + 1;
+        while lo < hi {
+            let p = (lo + step - 1).min(hi - 1);
+            if key(p)? < h {
+                lo = p + 1;
+                step = step.saturating_mul(2);
+            } else {
+                hi = p;
+                break;
+            }
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if key(mid)? < h {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
 }
 
 /// Compiles a validated model into snapshot bytes.
@@ -279,6 +348,14 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
         }
     }
     exts.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.3.cmp(&b.3)));
+    // The id index: sorted as the streaming compiler's external sort sorts.
+    let mut ids: Vec<(u64, &str, u32)> = model
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (fnv1a(u.id.as_bytes()), u.id.as_str(), i as u32))
+        .collect();
+    ids.sort_unstable();
     for e in exts.iter_mut() {
         e.2 = blob.len() as u32;
         let bytes = postcard::to_allocvec(e.3.as_str())
@@ -292,7 +369,7 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
     }
 
     let mut out = Vec::with_capacity(
-        FIXED + header.len() + exts.len() * 16 + user_offs.len() * 4 + blob.len() + 4,
+        FIXED + header.len() + exts.len() * 16 + user_offs.len() * (4 + ID_ENTRY) + blob.len() + 4,
     );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -310,6 +387,10 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
     }
     for off in &user_offs {
         out.extend_from_slice(&off.to_le_bytes());
+    }
+    for (h, _, u) in &ids {
+        out.extend_from_slice(&h.to_le_bytes());
+        out.extend_from_slice(&u.to_le_bytes());
     }
     out.extend_from_slice(&blob);
     let crc = crc32fast::hash(&out[FIXED..]);
@@ -351,37 +432,6 @@ fn stream_crc(f: &std::fs::File) -> io::Result<u32> {
     Ok(h.finalize())
 }
 
-/// Calls `note` with each of the `n` user records stored from `at` in `f`,
-/// read in order through a buffer (stops at the first unreadable record).
-fn scan_users(f: &std::fs::File, at: u64, n: usize, note: &mut dyn FnMut(&UserRec<'_>)) {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 64 << 10];
-    let (mut lo, mut hi, mut pos, mut left) = (0usize, 0usize, at, n);
-    while left > 0 {
-        match postcard::take_from_bytes::<UserRec<'_>>(&buf[lo..hi]) {
-            Ok((rec, rest)) => {
-                note(&rec);
-                lo = hi - rest.len();
-                left -= 1;
-                continue;
-            }
-            Err(_) if hi - lo == buf.len() => buf.resize(buf.len() * 2, 0),
-            Err(_) => {}
-        }
-        // Not a whole record in the buffer: keep the tail, read more.
-        buf.copy_within(lo..hi, 0);
-        hi -= lo;
-        lo = 0;
-        match f.read_at(&mut buf[hi..], pos) {
-            Ok(0) | Err(_) => return,
-            Ok(k) => {
-                hi += k;
-                pos += k as u64;
-            }
-        }
-    }
-}
-
 #[allow(unsafe_code)]
 fn map_file(f: &std::fs::File) -> io::Result<memmap2::Mmap> {
     // SAFETY: the snapshot file is private to the agent (state_dir) and is
@@ -416,7 +466,7 @@ impl Snapshot {
         if u32_at(&map, 20) != Some(crc) {
             return Err(SnapshotError::Corrupt("checksum mismatch".into()));
         }
-        Snapshot::from_backing(Backing::Map(map, f), false)
+        Snapshot::from_backing(Backing::Map(map), false)
     }
 
     /// Builds an in-memory snapshot (tests, `check-config`).
@@ -447,7 +497,8 @@ impl Snapshot {
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         let ext_at = (FIXED + hl).div_ceil(4) * 4;
         let users_at = ext_at + n_ext * 16;
-        let blob_at = users_at + n_users * 4;
+        let ids_at = users_at + n_users * 4;
+        let blob_at = ids_at + n_users * ID_ENTRY;
         if blob_at > b.len() {
             return Err(bad("index beyond end"));
         }
@@ -482,6 +533,7 @@ impl Snapshot {
             n_users,
             ext_at,
             users_at,
+            ids_at,
             blob_at,
         })
     }
@@ -491,7 +543,7 @@ impl Snapshot {
     /// next lookup; without this, lookups spread over 100,000 users would
     /// make the whole file (~14 MiB) resident in the agent over time.
     pub fn release_pages(&self) {
-        if let Backing::Map(m, _) = &*self.data {
+        if let Backing::Map(m) = &*self.data {
             #[allow(unsafe_code)]
             // SAFETY: a read-only shared mapping of a file that is never
             // modified in place: MADV_DONTNEED only drops page-table entries,
@@ -570,44 +622,43 @@ impl Snapshot {
                 n_users: self.n_users,
                 ext_at: self.ext_at,
                 users_at: self.users_at,
+                ids_at: self.ids_at,
                 blob_at: self.blob_at,
             },
             effect,
         ))
     }
 
-    /// The ids among `ids` that users of the base file have: one pass over
-    /// the base's user records, in order (a mapped file is read through a
-    /// 64 KiB buffer, not the map, so that no page becomes resident).
+    /// The ids among `ids` that users of the base file have: a search of
+    /// the id index per id (a few pages each), not a pass over the users.
+    /// The pages touched are released afterwards.
     pub(crate) fn ids_among<'i>(
         &self,
         ids: &std::collections::HashSet<&'i str>,
     ) -> std::collections::HashSet<&'i str> {
-        let mut found = std::collections::HashSet::new();
-        if ids.is_empty() {
-            return found;
-        }
-        let mut note = |rec: &UserRec<'_>| {
-            if let Some(id) = ids.get(rec.id) {
-                found.insert(*id);
-            }
-        };
-        match &*self.data {
-            Backing::Heap(b) => {
-                let mut rest = b.get(self.blob_at..).unwrap_or_default();
-                for _ in 0..self.n_users {
-                    match postcard::take_from_bytes::<UserRec<'_>>(rest) {
-                        Ok((rec, r)) => {
-                            note(&rec);
-                            rest = r;
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            Backing::Map(_, f) => scan_users(f, self.blob_at as u64, self.n_users, &mut note),
-        }
+        let found = ids
+            .iter()
+            .filter(|id| self.find_id(id).is_some())
+            .copied()
+            .collect();
+        self.release_pages();
         found
+    }
+
+    /// The index of the base file's user with this id, if there is one.
+    pub(crate) fn find_id(&self, id: &str) -> Option<usize> {
+        let h = fnv1a(id.as_bytes());
+        let b = self.data.bytes();
+        let entry = |i: usize| self.ids_at + i * ID_ENTRY;
+        let mut i = lower_bound(|i| u64_at(b, entry(i)), self.n_users, h)?;
+        while i < self.n_users && u64_at(b, entry(i))? == h {
+            let u = u32_at(b, entry(i) + 8)? as usize;
+            if self.user(u)?.id == id {
+                return Some(u);
+            }
+            i += 1;
+        }
+        None
     }
 
     /// The `i`-th user of the base file (an overlay's users are not numbered).
@@ -657,17 +708,7 @@ impl Snapshot {
             let at = self.ext_at + i * 16;
             Some((u64_at(b, at)?, u32_at(b, at + 8)?, u32_at(b, at + 12)?))
         };
-        // lower bound on hash
-        let (mut lo, mut hi) = (0usize, self.n_ext);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if entry(mid)?.0 < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let mut i = lo;
+        let mut i = lower_bound(|i| u64_at(b, self.ext_at + i * 16), self.n_ext, h)?;
         while i < self.n_ext {
             let (eh, user, off) = entry(i)?;
             if eh != h {
@@ -734,7 +775,15 @@ mod tests {
             Snapshot::from_bytes(b),
             Err(SnapshotError::Corrupt(_))
         ));
-        assert!(Snapshot::from_bytes(b"EXSNAP01".to_vec()).is_err());
+        assert!(Snapshot::from_bytes(b"EXSNAP02".to_vec()).is_err());
+        // A file of the format before the id index is not opened (it is
+        // compiled again from the model in force).
+        let mut old = compile(&model(10)).unwrap();
+        old[..8].copy_from_slice(b"EXSNAP01");
+        assert!(matches!(
+            Snapshot::from_bytes(old),
+            Err(SnapshotError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -757,6 +806,54 @@ mod tests {
             assert_eq!(got, vec!["u-0", "u-1500", "u-2999"]);
         }
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn lower_bound_agrees_with_a_plain_search() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for n in [0usize, 1, 2, 3, 5, 64, 1000, 4097] {
+            // Uniform, clustered in the low bits, and few distinct values.
+            for skew in 0..3 {
+                let mut v: Vec<u64> = (0..n)
+                    .map(|_| match skew {
+                        0 => next(),
+                        1 => next() >> 40,
+                        _ => next() % 7,
+                    })
+                    .collect();
+                v.sort_unstable();
+                let probes: Vec<u64> = v
+                    .iter()
+                    .copied()
+                    .chain(v.iter().map(|x| x.wrapping_add(1)))
+                    .chain((0..50).map(|_| next()))
+                    .chain([0, 1, u64::MAX])
+                    .collect();
+                for h in probes {
+                    let want = v.partition_point(|&x| x < h);
+                    let got = lower_bound(|i| v.get(i).copied(), v.len(), h);
+                    assert_eq!(got, Some(want), "n={n} skew={skew} h={h}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn users_are_found_by_id() {
+        let s = Snapshot::from_model(&model(5000)).unwrap();
+        for i in [0, 1, 2500, 4999] {
+            assert_eq!(s.find_id(&format!("u-{i}")), Some(i));
+        }
+        assert_eq!(s.find_id("u-5000"), None);
+        assert_eq!(s.find_id(""), None);
+        let empty = Snapshot::from_model(&model(0)).unwrap();
+        assert_eq!(empty.find_id("u-0"), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! assigned twice and user ids defined twice are found.
 //!
 //! The file written is byte for byte what [`crate::policy::snapshot::compile`]
-//! builds in memory for the same model (same format, `EXSNAP01`).
+//! builds in memory for the same model (same format, `EXSNAP02`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +15,7 @@ use super::extsort::{Duplicates, Entry, Sorter};
 use super::{IntakeError, ModelHead, Problems, WorkDir};
 use crate::policy::model::{User, validate_parts};
 use crate::policy::snapshot::{
-    FIXED, Header, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
+    FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
 };
 
 /// What a compiled model holds.
@@ -172,13 +172,28 @@ impl Compiler {
         self.offsets.flush().map_err(io_err("writing", &dir))?;
         let mut dups = Duplicates::new();
         let ids = std::mem::replace(&mut self.ids, Sorter::new(&dir, "none"));
+        // The id index, in the sorted order of the ids, while duplicates
+        // are looked for.
+        let ids_path = dir.join("users.ids");
+        let mut index = BufWriter::with_capacity(
+            64 << 10,
+            File::create(&ids_path).map_err(io_err("creating", &ids_path))?,
+        );
+        let mut entry = [0u8; ID_ENTRY];
         for e in ids.finish().map_err(io_err("sorting in", &dir))? {
             let e = e.map_err(io_err("sorting in", &dir))?;
             if dups.check(&e).is_some() && !e.key.is_empty() {
                 self.problems
                     .push(format!("user id {:?} is defined twice", e.key));
             }
+            entry[..8].copy_from_slice(&e.hash.to_le_bytes());
+            entry[8..].copy_from_slice(&e.user.to_le_bytes());
+            index
+                .write_all(&entry)
+                .map_err(io_err("writing", &ids_path))?;
         }
+        index.flush().map_err(io_err("writing", &ids_path))?;
+        drop(index);
         let stats = Stats {
             version: self.version,
             users: u64::from(self.n_users),
@@ -217,7 +232,7 @@ impl Compiler {
         w.write_all(&[0u8; 4][..pad]).map_err(oerr)?;
         let strs_path = self.work.path().join("ext.strs");
         self.write_index(&mut w, &strs_path)?;
-        for name in ["users.off", "users.blob"] {
+        for name in ["users.off", "users.ids", "users.blob"] {
             let p = self.work.path().join(name);
             let mut r = File::open(&p).map_err(io_err("reading", &p))?;
             io::copy(&mut r, &mut w).map_err(oerr)?;

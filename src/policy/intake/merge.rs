@@ -15,7 +15,7 @@ use std::path::Path;
 use super::{IntakeError, Problems, WorkDir};
 use crate::policy::model::User;
 use crate::policy::snapshot::{
-    FIXED, Header, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
+    FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
 };
 
 /// What a merge found and wrote.
@@ -114,6 +114,7 @@ struct Layout {
     n_users: u64,
     ext_at: u64,
     users_at: u64,
+    ids_at: u64,
     blob_at: u64,
     /// Bytes of user records (the extension strings follow them).
     users_len: u64,
@@ -138,7 +139,8 @@ fn layout(f: &File) -> io::Result<Layout> {
         serde_json::from_slice(&r.vec(hl as usize)?).map_err(|e| bad(&e.to_string()))?;
     let ext_at = (FIXED as u64 + hl).div_ceil(4) * 4;
     let users_at = ext_at + n_ext * 16;
-    let blob_at = users_at + n_users * 4;
+    let ids_at = users_at + n_users * 4;
+    let blob_at = ids_at + n_users * ID_ENTRY as u64;
     let users_len = if n_ext > 0 {
         let mut e = At::new(f, ext_at + 12);
         u64::from(e.u32()?)
@@ -151,6 +153,7 @@ fn layout(f: &File) -> io::Result<Layout> {
         n_users,
         ext_at,
         users_at,
+        ids_at,
         blob_at,
         users_len,
     })
@@ -160,6 +163,8 @@ fn layout(f: &File) -> io::Result<Layout> {
 struct NewUsers {
     records: Vec<Vec<u8>>,
     entries: Vec<(u64, String, u32, String)>,
+    /// The id index entries (hash, id, user), sorted.
+    ids: Vec<(u64, String, u32)>,
 }
 
 fn new_users(
@@ -171,8 +176,11 @@ fn new_users(
     let mut out = NewUsers {
         records: Vec::new(),
         entries: Vec::new(),
+        ids: Vec::new(),
     };
     for (k, u) in upsert.iter().enumerate() {
+        out.ids
+            .push((fnv1a(u.id.as_bytes()), u.id.clone(), first + k as u32));
         let pl = checked_policies(u, |p| policies.get(p).copied(), &mut |m| problems.push(m));
         let rec = UserRec {
             id: &u.id,
@@ -189,6 +197,7 @@ fn new_users(
             }
         }
     }
+    out.ids.sort();
     out.entries.sort();
     for w in out.entries.windows(2) {
         if w[0].0 == w[1].0 && w[0].1 == w[1].1 {
@@ -454,8 +463,46 @@ fn write_merged(
     Ok(n_ext)
 }
 
-/// The user offsets then the user records: the old ones kept, renumbered,
-/// then the delta's.
+/// The id index: the entries of the old users kept (renumbered), merged
+/// with the delta's, in the order a compile writes them (hash, then id).
+fn write_ids(
+    f: &File,
+    lay: &Layout,
+    dead: &[(u64, u64)],
+    new: &NewUsers,
+    w: &mut impl Write,
+) -> io::Result<()> {
+    let put = |w: &mut dyn Write, hash: u64, user: u64| -> io::Result<()> {
+        w.write_all(&hash.to_le_bytes())?;
+        w.write_all(&(user as u32).to_le_bytes())
+    };
+    let mut idx = At::new(f, lay.ids_at);
+    let mut ni = 0;
+    let mut e = [0u8; ID_ENTRY];
+    for _ in 0..lay.n_users {
+        idx.exact(&mut e)?;
+        let hash = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+        let user = u64::from(u32::from_le_bytes(e[8..].try_into().unwrap_or_default()));
+        if dead.binary_search_by_key(&user, |d| d.0).is_ok() {
+            continue;
+        }
+        // Equal hashes (a collision) are ordered by id: read the old one.
+        let first =
+            |n: &(u64, String, u32)| n.0 < hash || (n.0 == hash && n.1 < owner_id(f, lay, user));
+        while ni < new.ids.len() && first(&new.ids[ni]) {
+            put(w, new.ids[ni].0, u64::from(new.ids[ni].2))?;
+            ni += 1;
+        }
+        put(w, hash, user - dead.partition_point(|d| d.0 < user) as u64)?;
+    }
+    for n in &new.ids[ni..] {
+        put(w, n.0, u64::from(n.2))?;
+    }
+    Ok(())
+}
+
+/// The user offsets, the id index, then the user records: the old ones
+/// kept, renumbered, then the delta's.
 fn copy_users(
     f: &File,
     lay: &Layout,
@@ -464,6 +511,9 @@ fn copy_users(
     w: &mut impl Write,
 ) -> io::Result<()> {
     for pass in 0..2 {
+        if pass == 1 {
+            write_ids(f, lay, dead, new, w)?;
+        }
         let mut offs = At::new(f, lay.users_at);
         let mut blob = At::new(f, lay.blob_at);
         let mut off = if lay.n_users > 0 {

@@ -11,7 +11,7 @@
 //!                                ├─ (ext hash, ext, user) ─► extsort runs ─┐
 //!                                └─ (user id)             ─► extsort runs ─┤ k-way merge:
 //!                                                                          ▼ duplicates found
-//!                                                              snapshot.bin (EXSNAP01)
+//!                                                              snapshot.bin (EXSNAP02)
 //! ```
 //!
 //! Runs live in a private work directory (under `state_dir`, or the system
