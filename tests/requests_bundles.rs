@@ -216,3 +216,54 @@ fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     let v2 = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
     assert_eq!(v2.status.code(), Some(1), "a replay would be rejected");
 }
+
+/// A request refused after it parsed (here: a target that is not
+/// configured) gets a `Failed` status with the reason, so its sender can
+/// read why; the same id sent again, corrected, is then accepted (it was
+/// never accepted before), while an accepted id stays refused.
+#[test]
+fn a_refused_request_has_a_failed_status_and_can_be_sent_again() {
+    let a = im_appliance();
+    let req = a.dir.path().join("req.json");
+    let body = |target: &str| {
+        format!(
+            r#"{{"request_id": "r-refused-1", "target": "{target}", "users": ["u-1"], "modalities": ["im"]}}"#
+        )
+    };
+    fs::write(&req, body("nas-9")).unwrap();
+    let out = a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let st = a.cmd_with(&["request", "status", "--json"], &["r-refused-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v[0]["status"], "Failed", "{v}");
+    let reason = v[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("nas-9") && reason.contains("t0"),
+        "{reason}"
+    );
+
+    fs::write(&req, body("t0")).unwrap();
+    let out = a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = a.cmd_with(&["request", "status", "--json"], &["r-refused-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v[0]["status"], "Completed", "{v}");
+    assert!(
+        a.targets[0]
+            .join("compliance-exports/r-refused-1.zip")
+            .exists()
+    );
+    let again = a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    let st = a.cmd_with(&["request", "status", "--json"], &["r-refused-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        v[0]["status"], "Completed",
+        "an accepted request is never replaced: {v}"
+    );
+}

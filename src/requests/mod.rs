@@ -162,10 +162,9 @@ fn audit_row(
     }
 }
 
-/// Checks and accepts a request (status `Accepted`, audit row). Returns the parsed request.
-pub fn accept(env: &RequestEnv<'_>, json: &[u8]) -> Result<ExportRequest, RequestRunError> {
-    let req =
-        ExportRequest::from_json(json).map_err(|e| RequestRunError::Invalid(e.to_string()))?;
+/// Checks a parsed request against the model in force: its fields, its
+/// target, its users.
+fn check(env: &RequestEnv<'_>, req: &ExportRequest) -> Result<(), RequestRunError> {
     req.validate()
         .map_err(|e| RequestRunError::Invalid(e.to_string()))?;
     if !env.model.targets.iter().any(|t| t.id == req.target) {
@@ -184,8 +183,34 @@ pub fn accept(env: &RequestEnv<'_>, json: &[u8]) -> Result<ExportRequest, Reques
             }
         }
     }
+    Ok(())
+}
+
+/// Checks and accepts a request (status `Accepted`, audit row). A request refused
+/// after it parsed gets a `Failed` status with the reason. Returns the
+/// parsed request.
+pub fn accept(env: &RequestEnv<'_>, json: &[u8]) -> Result<ExportRequest, RequestRunError> {
+    let req =
+        ExportRequest::from_json(json).map_err(|e| RequestRunError::Invalid(e.to_string()))?;
     let store = StatusStore::new(env.state_dir);
+    check(env, &req).inspect_err(|e| {
+        // Whoever submitted it reads why in its status file (`Failed`),
+        // when its id can name one and no request of that id exists.
+        let _ = store.refuse(&req.request_id, &e.to_string(), Timestamp::now());
+    })?;
+    // Kept (once accepted) so that a daemon restarted mid-export can resume it.
+    let saved = env
+        .state_dir
+        .join("requests")
+        .join(format!("{}.request", req.request_id));
     match store.get(&req.request_id) {
+        // Refused before it was ever accepted (no saved request): this
+        // submission replaces that status.
+        Ok(Some(st)) if st.status == compliance::State::Failed && !saved.exists() => {
+            if let Ok(p) = store.path(&req.request_id) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         Ok(Some(_)) => return Err(RequestRunError::Duplicate(req.request_id.clone())),
         Ok(None) => {}
         Err(e) => return Err(RequestRunError::State(e.to_string())),
@@ -193,11 +218,6 @@ pub fn accept(env: &RequestEnv<'_>, json: &[u8]) -> Result<ExportRequest, Reques
     store
         .accept(&req.request_id, Timestamp::now())
         .map_err(|e| RequestRunError::State(e.to_string()))?;
-    // Kept so that a daemon restarted mid-export can resume it.
-    let saved = env
-        .state_dir
-        .join("requests")
-        .join(format!("{}.request", req.request_id));
     let _ = crate::policy::snapshot::write_atomic(&saved, json);
     audit_row(
         env,

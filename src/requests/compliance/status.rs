@@ -139,6 +139,32 @@ impl StatusStore {
         Ok(st)
     }
 
+    /// Records a request refused before it was accepted as `Failed` with
+    /// the reason; a status that exists (another request of that id) is
+    /// never touched.
+    pub fn refuse(
+        &self,
+        request_id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StatusError> {
+        let path = self.path(request_id)?;
+        if path.exists() {
+            return Err(StatusError::Exists(request_id.to_string()));
+        }
+        let t = now.rfc3339().to_string();
+        self.put(&RequestStatus {
+            request_id: request_id.to_string(),
+            status: State::Failed,
+            percent: 0,
+            reason: Some(reason.replace(['\n', '\r'], " ")),
+            submitted_at: t.clone(),
+            updated_at: t,
+            completed_at: None,
+            zip: None,
+        })
+    }
+
     /// Reads a request's status.
     pub fn get(&self, request_id: &str) -> Result<Option<RequestStatus>, StatusError> {
         let path = self.path(request_id)?;
