@@ -137,6 +137,48 @@ fn a_record_waits_for_its_identity_and_goes_when_it_is_added() {
     );
 }
 
+/// `keys_dir` changed by a SIGHUP reload: the new folder is watched, so an
+/// identity added to it later releases the waiting record (before, only
+/// the folder the agent started with was watched).
+#[test]
+fn a_keys_dir_changed_by_a_reload_is_watched() {
+    let a = Appliance::new(1);
+    let key = Identity::generate();
+    a.write_config(&config(&a, true));
+    write_encrypted(&a.spool.join("d"), "e5", &key, b"audio");
+    let log = a.dir.path().join("agent.log");
+    let mut d = a.spawn_logged(&log);
+    wait_until(
+        "the record waits for its key",
+        Duration::from_secs(20),
+        &log,
+        || a.rows_with("error").iter().any(|r| r[11] == "no_identity"),
+    );
+    let moved = a.dir.path().join("keys2");
+    fs::create_dir(&moved).unwrap();
+    fs::set_permissions(&moved, fs::Permissions::from_mode(0o700)).unwrap();
+    let old = format!("keys_dir = \"{}\"", a.keys.display());
+    let body = config(&a, true);
+    assert!(body.contains(&old));
+    a.write_config(&body.replace(&old, &format!("keys_dir = \"{}\"", moved.display())));
+    d.signal("HUP");
+    wait_until("the reload", Duration::from_secs(20), &log, || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("SIGHUP: reloading")
+    });
+    write_key(&moved, "recorder.key", &key);
+    wait_until("the record exported", Duration::from_secs(20), &log, || {
+        a.targets[0].join("2026/11/21/u-1/e5/e5.xml").exists()
+    });
+    assert_eq!(
+        fs::read(a.targets[0].join("2026/11/21/u-1/e5/e5.wav")).unwrap(),
+        b"audio"
+    );
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn tampered_ciphertext_never_leaves_plaintext_under_a_final_name() {
     let a = Appliance::new(1);

@@ -500,7 +500,13 @@ impl Agent {
                     keys_dir,
                 } => {
                     self.schedule.set_limits(workers, grace_s);
-                    self.watch.set_keys_dir(keys_dir);
+                    if self.watch.set_keys_dir(keys_dir) {
+                        // Read again now that the new folder is watched: an
+                        // identity added since the reload read it is not
+                        // missed.
+                        let out = self.control.reload_keys(&mut self.ctx);
+                        self.route_control(out);
+                    }
                 }
                 ControlOut::RequestAccepted(req) => self.requests.spawn(req, &self.ctx),
                 ControlOut::Applied(ok, at) => self.status.applied(ok, at),

@@ -179,10 +179,30 @@ impl Watcher {
         }
     }
 
-    /// The keys folder after a reload (events of the old one's watch then
-    /// mean nothing).
-    pub fn set_keys_dir(&mut self, dir: PathBuf) {
-        self.setup.keys_dir = dir;
+    /// The keys folder after a reload: the new one is watched, the old
+    /// one's watch removed (unless it is also a spool folder or the inbox).
+    /// True when the folder changed (the caller then reads the identities
+    /// again, so one added before this watch existed is not missed).
+    pub fn set_keys_dir(&mut self, dir: PathBuf) -> bool {
+        if dir == self.setup.keys_dir {
+            return false;
+        }
+        let old = std::mem::replace(&mut self.setup.keys_dir, dir);
+        let shared = old == self.setup.inbox || self.root_of(&old).is_some();
+        if !shared {
+            let stale: Vec<WatchDescriptor> = self
+                .watches
+                .iter()
+                .filter(|(_, p)| **p == old)
+                .map(|(w, _)| w.clone())
+                .collect();
+            for wd in stale {
+                self.watches.remove(&wd);
+                let _ = self.stream.watches().remove(wd);
+            }
+        }
+        self.watch_keys();
+        true
     }
 
     /// The next inotify event.
