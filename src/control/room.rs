@@ -153,6 +153,11 @@ impl Control {
         if cfg.spool != self.cfg.spool || cfg.state_dir != self.cfg.state_dir {
             warn!("spool and state_dir changes take effect after a restart");
         }
+        if cfg.central != self.cfg.central {
+            warn!(
+                "[central] changes take effect after a restart (the poller keeps its connection settings)"
+            );
+        }
         let snap = match snapshot_in_force(&self.cfg_path, &self.cfg.state_dir, &cfg_sha256) {
             Ok(s) => s,
             Err(e) => {
@@ -168,7 +173,6 @@ impl Control {
         self.cfg.workers = cfg.workers;
         self.cfg.trust = cfg.trust;
         self.cfg.max_bundle_bytes = cfg.max_bundle_bytes;
-        self.cfg.central = cfg.central;
         self.cfg.keys_dir = cfg.keys_dir;
         self.out.push(ControlOut::Reconfigured {
             workers: self.cfg.workers,
