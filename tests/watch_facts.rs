@@ -163,3 +163,108 @@ fn a_file_open_for_writing_when_the_agent_starts_is_waited_for() {
     let (code, err) = d.stop();
     assert_eq!(code, 0, "{err}");
 }
+
+/// The inotify watch limit reached for real (`inotify_add_watch` failing
+/// with ENOSPC past two spool watches, through the LD_PRELOAD shim): the
+/// agent says so in `status`, the metrics and its log, still exports what
+/// it found, finds a record written into an unwatched folder by its 30 s
+/// rescan, and says it is no longer degraded once every folder is watched.
+#[test]
+fn the_watch_limit_is_shown_and_the_spool_is_rescanned() {
+    const T: &str = "the_watch_limit_is_shown_and_the_spool_is_rescanned";
+    let Some(shim) = fault::shim(T) else { return };
+    let a = Appliance::new(1);
+    a.write_config(&config(&a));
+    for d in ["d1", "d2", "d3"] {
+        Rec::voice(&format!("r-{d}"), "100").write(&a.spool.join(d));
+    }
+    let limit = a.dir.path().join("limit-on");
+    fs::write(&limit, b"").unwrap();
+    let log = a.dir.path().join("daemon.log");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut cmd = std::process::Command::new(exe());
+    cmd.args(["run", "--config"])
+        .arg(&a.config)
+        .env("EXPORTD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(f));
+    let spool = a.spool.display().to_string();
+    let limit_s = limit.display().to_string();
+    let faults = a.dir.path().join("faults.log");
+    let faults_s = faults.display().to_string();
+    fault::with_shim(
+        &mut cmd,
+        &shim,
+        &[
+            ("FAULT_PATH", spool.as_str()),
+            // The root and one folder.
+            ("FAULT_INOTIFY_WATCHES", "2"),
+            ("FAULT_CONTROL", limit_s.as_str()),
+            ("FAULT_LOG", faults_s.as_str()),
+        ],
+    );
+    let mut d = Daemon {
+        child: Some(cmd.spawn().unwrap()),
+    };
+    let degraded = |a: &Appliance| -> Vec<String> {
+        a.status_json()
+            .and_then(|st| st["degraded"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!("{} {}", d["component"], d["reason"]))
+            .collect()
+    };
+    wait_until(
+        "the three records exported",
+        Duration::from_secs(30),
+        &log,
+        || a.rows_with("export").len() == 3,
+    );
+    wait_until(
+        "the watch limit shown",
+        Duration::from_secs(10),
+        &log,
+        || {
+            degraded(&a)
+                .iter()
+                .any(|d| d.contains("\"watch\"") && d.contains("max_user_watches"))
+        },
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("inotify watch limit reached"),
+        "{}",
+        tail(&text, 2000)
+    );
+    let metrics = fs::read_to_string(a.state.join("metrics/exportd.prom")).unwrap_or_default();
+    assert!(
+        metrics.contains("exportd_degraded{component=\"watch\""),
+        "{metrics}"
+    );
+    // The last folder is not watched: a record written there is found by
+    // the rescan (every 30 s while degraded), which also watches every
+    // folder once the limit is lifted.
+    let refused = fs::read_to_string(&faults).unwrap_or_default();
+    let unwatched = ["d1", "d2", "d3"]
+        .into_iter()
+        .find(|d| refused.contains(&format!("/{d}\n")))
+        .unwrap_or_else(|| panic!("no spool folder was refused a watch: {refused}"));
+    fs::remove_file(&limit).unwrap();
+    Rec::voice("late", "100").write(&a.spool.join(unwatched));
+    wait_until(
+        "the late record found by the rescan",
+        Duration::from_secs(60),
+        &log,
+        || a.rows_with("export").iter().any(|r| r[1] == "late"),
+    );
+    wait_until("no longer degraded", Duration::from_secs(10), &log, || {
+        !degraded(&a).iter().any(|d| d.contains("\"watch\""))
+    });
+    let (code, err) = d.stop();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(a.rows_with("export").len(), 4);
+}

@@ -292,6 +292,8 @@ impl Agent {
             self.proof.targets(&self.ctx.targets);
             self.status
                 .spool_roots_in_doubt(&self.watch.roots_in_doubt());
+            self.status
+                .watch_limit_reached(self.watch.watch_limit_reached());
             self.status.arm();
             if self.opts.until_idle && self.idle() {
                 return Ok(());

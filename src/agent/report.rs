@@ -51,6 +51,8 @@ pub struct Reporter {
     spool_down: BTreeMap<PathBuf, (Timestamp, String)>,
     /// Central configured but not running: since, why.
     central_down: Option<(Timestamp, String)>,
+    /// Since when the inotify watch limit keeps folders unwatched.
+    watch_limit: Option<Timestamp>,
     /// Latency of the latest exports, milliseconds.
     latencies: VecDeque<u64>,
 }
@@ -84,6 +86,7 @@ impl Reporter {
             health: Health::default(),
             spool_down: BTreeMap::new(),
             central_down: None,
+            watch_limit: None,
             latencies: VecDeque::with_capacity(LATENCIES),
         }
     }
@@ -180,6 +183,17 @@ impl Reporter {
             }
         }
         if changed {
+            self.dirty = true;
+        }
+    }
+
+    /// Whether the inotify watch limit keeps spool folders unwatched now.
+    pub fn watch_limit_reached(&mut self, reached: bool) {
+        if reached != self.watch_limit.is_some() {
+            self.watch_limit = reached.then(Timestamp::now);
+            if !reached {
+                info!("every spool folder is watched again (below the inotify watch limit)");
+            }
             self.dirty = true;
         }
     }
@@ -341,6 +355,14 @@ impl Reporter {
                 subject: String::new(),
                 since: since.rfc3339().to_string(),
                 reason: why.clone(),
+            });
+        }
+        if let Some(since) = &self.watch_limit {
+            v.push(Degraded {
+                component: "watch".into(),
+                subject: String::new(),
+                since: since.rfc3339().to_string(),
+                reason: "the inotify watch limit is reached: folders past it are not watched, so the spool is rescanned every 30 s (records found late, none lost); raise fs.inotify.max_user_watches".into(),
             });
         }
         for (root, (since, why)) in &self.spool_down {

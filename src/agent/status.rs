@@ -71,7 +71,7 @@ pub struct TargetStatus {
 /// A part of the agent that does not work as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degraded {
-    /// `central`, `spool` or `target`.
+    /// `central`, `spool`, `watch` (the inotify watch limit) or `target`.
     pub component: String,
     /// The spool root or target id ('' for central).
     pub subject: String,

@@ -107,6 +107,10 @@ fn recently_modified(p: &Path) -> bool {
     )
 }
 
+/// How often the spool is rescanned while the inotify watch limit leaves
+/// folders unwatched.
+const WATCH_LIMIT_RESCAN: Duration = Duration::from_secs(30);
+
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::CREATE)
@@ -123,6 +127,9 @@ pub struct Watcher {
     watches: HashMap<WatchDescriptor, PathBuf>,
     /// The watch limit was reached: rescanned every 30 s.
     degraded: bool,
+    /// When the next watch-limit rescan is due (set once when the limit is
+    /// reached, not recomputed on every wake-up, or it would never come).
+    rescan_at: Option<Instant>,
     /// Files found without their creation event.
     uncertain: Uncertain,
     /// Spool folders whose content is unknown (a root missing, unreadable,
@@ -146,6 +153,7 @@ impl Watcher {
             setup,
             watches: HashMap::new(),
             degraded: false,
+            rescan_at: None,
             uncertain: Uncertain::default(),
             doubts: HashMap::new(),
             ancestors: HashSet::new(),
@@ -231,6 +239,12 @@ impl Watcher {
         self.rescan(false)
     }
 
+    /// The inotify watch limit was reached at the last attempt: folders
+    /// may be unwatched, so the spool is rescanned every 30 s.
+    pub fn watch_limit_reached(&self) -> bool {
+        self.degraded
+    }
+
     /// No file is waiting to be seen unchanged.
     pub fn is_settled(&self) -> bool {
         self.uncertain.is_empty()
@@ -239,9 +253,7 @@ impl Watcher {
     /// The room's next timer: the watch-limit rescan, an uncertain file, a
     /// folder in doubt.
     pub fn next_timer(&self) -> Option<Instant> {
-        let degraded = self
-            .degraded
-            .then(|| Instant::now() + Duration::from_secs(30));
+        let degraded = self.rescan_at.filter(|_| self.degraded);
         let doubt = self.doubts.values().map(|d| d.at).min();
         [degraded, self.uncertain.next_deadline(), doubt]
             .into_iter()
@@ -270,8 +282,10 @@ impl Watcher {
         if self.doubts.values().any(|d| d.at <= now) {
             self.recheck_doubts(now);
         }
-        if self.degraded {
-            self.rescan(false);
+        if self.degraded && self.rescan_at.is_some_and(|at| at <= now) {
+            // rescan() hands over everything queued so far, its own finds
+            // included.
+            return self.rescan(false);
         }
         self.take()
     }
@@ -297,6 +311,9 @@ impl Watcher {
                     );
                 }
                 self.degraded = true;
+                if self.rescan_at.is_none() {
+                    self.rescan_at = Some(Instant::now() + WATCH_LIMIT_RESCAN);
+                }
             }
             Err(e) => warn!("cannot watch {}: {e}", dir.display()),
         }
@@ -344,6 +361,7 @@ impl Watcher {
                 .begin_sweep();
         }
         self.degraded = false;
+        self.rescan_at = None;
         for root in &roots {
             let rep = self.scan_folder(root, root, &mut found, startup);
             complete &= rep.complete;

@@ -26,6 +26,9 @@
  *   FAULT_COUNT=K          open/read faults fire K times, then stop (default
  *                          unlimited)
  *   FAULT_LOG=file         every injected fault appends one line here
+ *   FAULT_INOTIFY_WATCHES=N  inotify_add_watch on a matching path fails with
+ *                          ENOSPC (the kernel's fs.inotify.max_user_watches
+ *                          reached) once N matching watches were added
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -37,6 +40,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <stdint.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -325,4 +329,23 @@ int openat64(int dir, const char *path, int flags, ...) {
   if (!real) real = dlsym(RTLD_NEXT, "openat64");
   if (open_fault(path)) return -1;
   return real(dir, path, flags, mode);
+}
+
+/* The watch limit: N matching watches succeed, then ENOSPC (while active). */
+static long inotify_added;
+int inotify_add_watch(int fd, const char *path, uint32_t mask) {
+  static int (*real)(int, const char *, uint32_t);
+  if (!real) real = dlsym(RTLD_NEXT, "inotify_add_watch");
+  const char *lim = env("FAULT_INOTIFY_WATCHES");
+  if (lim && path_matches(path)) {
+    if (active() && __atomic_load_n(&inotify_added, __ATOMIC_SEQ_CST) >= atol(lim)) {
+      note("inotify_add_watch", fd, path);
+      errno = ENOSPC;
+      return -1;
+    }
+    int wd = real(fd, path, mask);
+    if (wd >= 0) __atomic_add_fetch(&inotify_added, 1, __ATOMIC_SEQ_CST);
+    return wd;
+  }
+  return real(fd, path, mask);
 }
