@@ -139,6 +139,7 @@ impl Control {
     }
 
     /// SIGHUP: re-read exportd.toml; validate, then swap atomically.
+    #[must_use = "what a room says must be routed"]
     pub fn reload(&mut self, ctx: &mut Ctx) -> Vec<ControlOut> {
         info!("SIGHUP: reloading {}", self.cfg_path.display());
         // The users are parsed (and checked) only if the snapshot must be
@@ -184,6 +185,7 @@ impl Control {
     }
 
     /// The keys folder changed: new identities retry the records waiting for one.
+    #[must_use = "what a room says must be routed"]
     pub fn reload_keys(&mut self, ctx: &mut Ctx) -> Vec<ControlOut> {
         self.check_keys(ctx);
         self.take()
@@ -258,6 +260,7 @@ impl Control {
     }
 
     /// Takes every file waiting in `<state_dir>/inbox/`.
+    #[must_use = "what a room says must be routed"]
     pub fn process_inbox(&mut self, ctx: &mut Ctx) -> Vec<ControlOut> {
         self.register_snapshot(ctx);
         let Some(b) = self.bundle.clone() else {
@@ -293,6 +296,7 @@ impl Control {
     }
 
     /// What the central poller handed over.
+    #[must_use = "what a room says must be routed"]
     pub fn on_central(&mut self, ctx: &mut Ctx, m: FromCentral) -> Vec<ControlOut> {
         match m {
             FromCentral::Outcome(FetchOutcome::NothingNew) => {}

@@ -234,6 +234,7 @@ impl Watcher {
     }
 
     /// Reading events failed: rescan.
+    #[must_use = "what a room says must be routed"]
     pub fn on_read_error(&mut self, e: std::io::Error) -> Vec<WatchOut> {
         error!("reading inotify events failed: {e}; rescanning");
         self.rescan(false)
@@ -262,6 +263,7 @@ impl Watcher {
     }
 
     /// Uncertain files whose time has come: complete unless still changing.
+    #[must_use = "what a room says must be routed"]
     pub fn fire_uncertain(&mut self, now: Instant) -> Vec<WatchOut> {
         let roots = &self.setup.spool;
         let done = self.uncertain.fire(now, &mut |p| match root_in(roots, p)
@@ -278,6 +280,7 @@ impl Watcher {
     }
 
     /// Folders in doubt whose time has come, and the watch-limit rescan.
+    #[must_use = "what a room says must be routed"]
     pub fn fire_folders(&mut self, now: Instant) -> Vec<WatchOut> {
         if self.doubts.values().any(|d| d.at <= now) {
             self.recheck_doubts(now);
@@ -346,6 +349,7 @@ impl Watcher {
     /// gone, but only when every root was listed completely and none is
     /// empty while the journal knows records that were not found: a root
     /// not mounted, unreadable or half-listed is "unknown", never "deleted".
+    #[must_use = "what a room says must be routed"]
     pub fn rescan(&mut self, startup: bool) -> Vec<WatchOut> {
         let roots = self.setup.spool.clone();
         // Bounded memory: the journal marks what is seen in its own index
@@ -574,6 +578,7 @@ impl Watcher {
     }
 
     /// One inotify event: what it means, told as [`WatchOut`]s.
+    #[must_use = "what a room says must be routed"]
     pub fn on_event(&mut self, ev: Event<OsString>) -> Vec<WatchOut> {
         let (wd, mask) = (ev.wd, ev.mask);
         if mask.contains(EventMask::Q_OVERFLOW) {
