@@ -130,6 +130,8 @@ pub struct Watcher {
     /// When the next watch-limit rescan is due (set once when the limit is
     /// reached, not recomputed on every wake-up, or it would never come).
     rescan_at: Option<Instant>,
+    /// The watch limit was logged in this episode (once, not per rescan).
+    limit_logged: bool,
     /// Files found without their creation event.
     uncertain: Uncertain,
     /// Spool folders whose content is unknown (a root missing, unreadable,
@@ -154,6 +156,7 @@ impl Watcher {
             watches: HashMap::new(),
             degraded: false,
             rescan_at: None,
+            limit_logged: false,
             uncertain: Uncertain::default(),
             doubts: HashMap::new(),
             ancestors: HashSet::new(),
@@ -307,7 +310,8 @@ impl Watcher {
                 self.watches.insert(wd, dir.to_path_buf());
             }
             Err(e) if e.raw_os_error() == Some(28) => {
-                if !self.degraded {
+                if !self.limit_logged {
+                    self.limit_logged = true;
                     error!(
                         "inotify watch limit reached at {}: raise fs.inotify.max_user_watches; until then the spool is rescanned every 30 s so no record is lost",
                         dir.display()
@@ -372,6 +376,9 @@ impl Watcher {
             if rep.complete && rep.xmls == 0 {
                 empty.push(root.clone());
             }
+        }
+        if !self.degraded {
+            self.limit_logged = false;
         }
         self.found(found);
         if startup {
