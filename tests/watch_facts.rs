@@ -181,25 +181,15 @@ fn the_watch_limit_is_shown_and_the_spool_is_rescanned() {
     let limit = a.dir.path().join("limit-on");
     fs::write(&limit, b"").unwrap();
     let log = a.dir.path().join("daemon.log");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let mut cmd = std::process::Command::new(exe());
-    cmd.args(["run", "--config"])
-        .arg(&a.config)
-        .env("EXPORTD_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(f));
     let spool = a.spool.display().to_string();
     let limit_s = limit.display().to_string();
     let faults = a.dir.path().join("faults.log");
     let faults_s = faults.display().to_string();
-    fault::with_shim(
-        &mut cmd,
-        &shim,
+    let shim_s = shim.display().to_string();
+    let mut d = a.spawn_logged_env(
+        &log,
         &[
+            ("LD_PRELOAD", shim_s.as_str()),
             ("FAULT_PATH", spool.as_str()),
             // The root and one folder.
             ("FAULT_INOTIFY_WATCHES", "2"),
@@ -207,9 +197,6 @@ fn the_watch_limit_is_shown_and_the_spool_is_rescanned() {
             ("FAULT_LOG", faults_s.as_str()),
         ],
     );
-    let mut d = Daemon {
-        child: Some(cmd.spawn().unwrap()),
-    };
     let degraded = |a: &Appliance| -> Vec<String> {
         a.status_json()
             .and_then(|st| st["degraded"].as_array().cloned())
