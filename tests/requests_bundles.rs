@@ -267,3 +267,72 @@ fn a_refused_request_has_a_failed_status_and_can_be_sent_again() {
         "an accepted request is never replaced: {v}"
     );
 }
+
+/// An unfinished request is resumed when the agent starts again, but not
+/// for ever: one the agent stopped while running (out of memory under the
+/// unit's MemoryMax, a crash) more than `MAX_RESUMES` times fails instead,
+/// so it cannot keep the service in a restart loop that stops every export.
+#[test]
+fn a_request_that_keeps_stopping_the_agent_is_not_resumed_for_ever() {
+    let a = im_appliance();
+    let submit = |id: &str| {
+        let req = a.dir.path().join(format!("{id}.json"));
+        fs::write(
+            &req,
+            format!(r#"{{"request_id": "{id}", "target": "t0", "users": ["u-1"], "modalities": ["im"]}}"#),
+        )
+        .unwrap();
+        let out = a.cmd_with(&["request", "submit", "--detach"], &[req.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let status = |id: &str| -> serde_json::Value {
+        let st = a.cmd_with(&["request", "status", "--json"], &[id]);
+        serde_json::from_slice::<serde_json::Value>(&st.stdout).unwrap()[0].clone()
+    };
+    let resumes = |id: &str| a.state.join("requests").join(format!("{id}.resumes"));
+    // Accepted, left to the daemon; as if the agent had died while running
+    // it twice already, and once for the other.
+    submit("r-looping");
+    submit("r-once");
+    assert_eq!(status("r-looping")["status"], "Accepted");
+    fs::write(resumes("r-looping"), "2\n").unwrap();
+    fs::write(resumes("r-once"), "1\n").unwrap();
+    let out = a.run_until_idle();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = status("r-looping");
+    assert_eq!(st["status"], "Failed", "{st}");
+    assert!(
+        st["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped while running this request 3 times"),
+        "{st}"
+    );
+    assert!(
+        !a.targets[0]
+            .join("compliance-exports/r-looping.zip")
+            .exists()
+    );
+    let st = status("r-once");
+    assert_eq!(st["status"], "Completed", "resumed below the limit: {st}");
+    assert_eq!(fs::read_to_string(resumes("r-once")).unwrap().trim(), "2");
+    let steps: Vec<(String, String)> = a
+        .rows_with("request")
+        .iter()
+        .map(|r| (r[1].clone(), r[11].clone()))
+        .collect();
+    assert!(
+        steps.contains(&("r-looping".into(), "Failed".into())),
+        "{steps:?}"
+    );
+    assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
+}

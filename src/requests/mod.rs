@@ -504,6 +504,44 @@ pub fn next_expiry(state_dir: &Path) -> Option<Timestamp> {
         .min()
 }
 
+/// How many times an unfinished request is resumed after the agent stopped
+/// while it ran; then it fails. A request that kills the agent (out of
+/// memory under the unit's `MemoryMax`, a crash) must not keep it in a
+/// restart loop, which would stop every export.
+pub const MAX_RESUMES: u32 = 2;
+
+/// Before an unfinished request is resumed: counts the resume
+/// (`requests/<id>.resumes`, durable before the run) and says whether to
+/// run it. Past [`MAX_RESUMES`] the request is marked `Failed` (status and
+/// audit row) instead.
+pub fn count_resume(env: &RequestEnv<'_>, id: &str) -> bool {
+    if !compliance::id_is_safe(id) {
+        return false;
+    }
+    let path = env.state_dir.join("requests").join(format!("{id}.resumes"));
+    let n: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if n >= MAX_RESUMES {
+        let reason = format!(
+            "the agent stopped while running this request {} times (out of memory or a crash? see its log); not resumed again: resubmit it under a new request_id once the cause is fixed",
+            n + 1
+        );
+        let _ = StatusStore::new(env.state_dir).fail(id, &reason, Timestamp::now());
+        let _ = failed(env, id, reason, "");
+        return false;
+    }
+    if let Err(e) = crate::policy::snapshot::write_atomic(&path, format!("{}\n", n + 1).as_bytes())
+    {
+        tracing::warn!(
+            "cannot count the resume of request {id} in {}: {e}; resumed anyway",
+            path.display()
+        );
+    }
+    true
+}
+
 /// The saved payload of an accepted request, if any.
 pub fn load_saved(state_dir: &Path, id: &str) -> Option<ExportRequest> {
     if !compliance::id_is_safe(id) {

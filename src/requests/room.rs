@@ -153,7 +153,15 @@ impl Requests {
             }
             match crate::requests::load_saved(&self.state_dir, &st.request_id) {
                 Some(req) => {
-                    info!(request = %st.request_id, "resuming an unfinished compliance export");
+                    // The count needs no model: the default one is not read.
+                    let id = st.request_id.as_str();
+                    if !with_env(&self.state_dir, ctx, Model::default(), |env| {
+                        crate::requests::count_resume(env, id)
+                    }) {
+                        warn!(request = %id, "unfinished compliance export not resumed again: it failed");
+                        continue;
+                    }
+                    info!(request = %id, "resuming an unfinished compliance export");
                     self.spawn(req, ctx);
                 }
                 None => {
