@@ -110,13 +110,16 @@ impl Requests {
             return;
         }
         let state_dir = self.state_dir.clone();
+        let cfg_path = self.cfg_path.clone();
         let roots = ctx.roots.as_ref().clone();
-        let model = load_model(&self.cfg_path);
         let targets = ctx.targets.clone();
         let keys = ctx.keys.clone();
         let audit = ctx.audit.clone();
         let post = self.post.clone();
         tokio::task::spawn_blocking(move || {
+            // Read on the worker, not on the agent's loop: parsing a large
+            // directory takes seconds (the watchdog must keep being fed).
+            let model = load_model(&cfg_path);
             let env = RequestEnv {
                 state_dir: &state_dir,
                 roots,
