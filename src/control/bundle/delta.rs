@@ -29,7 +29,7 @@ use super::trust::Signer;
 use super::{BundleError, PayloadType};
 use crate::policy::intake::source::{payload_head, payload_users};
 use crate::policy::intake::{Compiler, IntakeError, ModelHead};
-use crate::policy::model::{Model, User, ValidationError};
+use crate::policy::model::{Model, Policy, TargetSpec, User, ValidationError};
 use crate::policy::overlay::MAX_OVERLAY_USERS;
 use crate::policy::snapshot::Snapshot;
 
@@ -302,31 +302,14 @@ pub fn check_delta<S: Store>(
         return Err(BundleError::Validation { errors: unknown });
     }
     changes.added = d.upsert.iter().filter(|u| !present.contains(&u.id)).count() as u64;
-    Ok(AcceptedConfig {
-        version: d.version,
-        model: Model {
-            version: d.version,
-            issued_at: d.issued_at.clone(),
-            targets: head.targets,
-            policies: head.policies,
-            users: Vec::new(),
-            admins: None,
-        },
-        payload,
-        signers,
-        compiled: Some(Box::new(Compiled {
-            snapshot,
-            sha256: [0; 32],
-            users: stats.users,
-            extensions: stats.extensions,
-        })),
-        delta: Some(Box::new(DeltaInfo {
-            base_version: d.base_version,
-            changes,
-            source,
-        })),
-        overlaid: None,
-    })
+    Ok(accepted_delta(
+        &d,
+        (head.targets, head.policies),
+        (payload, signers),
+        (snapshot, stats.users, stats.extensions),
+        changes,
+        source,
+    ))
 }
 
 fn overlay_ids(o: &Overlay) -> HashSet<String> {
@@ -418,13 +401,34 @@ fn merge_into_snapshot<S: Store>(
         changed,
         removed: d.remove.len() as u64,
     };
-    Ok(AcceptedConfig {
+    Ok(accepted_delta(
+        &d,
+        (m.targets, m.policies),
+        (payload, signers),
+        (snapshot, m.users, m.extensions),
+        changes,
+        source,
+    ))
+}
+
+/// A delta accepted with its compiled snapshot: the model it leaves in force
+/// (targets and policies unchanged, users in the snapshot), the payload and
+/// its signers, the counts.
+fn accepted_delta(
+    d: &UsersDelta,
+    (targets, policies): (Vec<TargetSpec>, Vec<Policy>),
+    (payload, signers): (Vec<u8>, Vec<Signer>),
+    (snapshot, users, extensions): (Arc<TempFile>, u64, u64),
+    changes: Changes,
+    source: String,
+) -> AcceptedConfig {
+    AcceptedConfig {
         version: d.version,
         model: Model {
             version: d.version,
             issued_at: d.issued_at.clone(),
-            targets: m.targets,
-            policies: m.policies,
+            targets,
+            policies,
             users: Vec::new(),
             admins: None,
         },
@@ -433,8 +437,8 @@ fn merge_into_snapshot<S: Store>(
         compiled: Some(Box::new(Compiled {
             snapshot,
             sha256: [0; 32],
-            users: m.users,
-            extensions: m.extensions,
+            users,
+            extensions,
         })),
         delta: Some(Box::new(DeltaInfo {
             base_version: d.base_version,
@@ -442,7 +446,7 @@ fn merge_into_snapshot<S: Store>(
             source,
         })),
         overlaid: None,
-    })
+    }
 }
 
 /// [`check_delta`] on the snapshot in force (`in_force`: a base file with

@@ -342,18 +342,7 @@ impl<S: Store> BundleState<S> {
     /// The overlay of the accepted deltas, read from their files.
     pub(crate) fn delta_overlay(&self) -> Result<super::delta::Overlay, BundleError> {
         let mut o = super::delta::Overlay::default();
-        for d in &self.deltas {
-            let b = self
-                .store
-                .read(&d.name)?
-                .ok_or_else(|| BundleError::CorruptState {
-                    path: self.store.path_of(&d.name),
-                    reason: "accepted delta file is missing".into(),
-                })?;
-            let delta = super::delta::parse_delta(&b).map_err(|e| BundleError::CorruptState {
-                path: self.store.path_of(&d.name),
-                reason: e.to_string(),
-            })?;
+        for delta in self.deltas_from(0)? {
             o.apply(&delta);
         }
         Ok(o)
