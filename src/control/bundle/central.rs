@@ -323,6 +323,33 @@ impl CentralClient {
     /// `Ok(None)` on 204/304. Bodies above [`MAX_BUNDLE_BYTES`] are refused
     /// (the daemon uses [`CentralClient::fetch_spooled`]).
     pub fn fetch_bundle_bytes(&self, after_version: u64) -> Result<Option<Vec<u8>>, CentralError> {
+        let Some((url, mut resp)) = self.get_bundle(after_version)? else {
+            return Ok(None);
+        };
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BUNDLE_BYTES)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => CentralError::Bundle {
+                    url: url.clone(),
+                    source: BundleError::TooLarge {
+                        path: url.clone(),
+                        max: MAX_BUNDLE_BYTES,
+                    },
+                },
+                e => map_err(&url, e),
+            })?;
+        Ok(Some(body))
+    }
+
+    /// GETs the bundle URL: the response of a 200 (with the URL, for
+    /// messages), `None` on 204/304 (nothing newer), an error otherwise.
+    fn get_bundle(
+        &self,
+        after_version: u64,
+    ) -> Result<Option<(String, ureq::http::Response<ureq::Body>)>, CentralError> {
         let url = self.bundle_url(after_version);
         let mut resp = self
             .agent
@@ -330,28 +357,10 @@ impl CentralClient {
             .header("accept", "application/json")
             .call()
             .map_err(|e| map_err(&url, e))?;
-        let status = resp.status().as_u16();
-        match status {
-            200 => {
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_BUNDLE_BYTES)
-                    .read_to_vec()
-                    .map_err(|e| match e {
-                        ureq::Error::BodyExceedsLimit(_) => CentralError::Bundle {
-                            url: url.clone(),
-                            source: BundleError::TooLarge {
-                                path: url.clone(),
-                                max: MAX_BUNDLE_BYTES,
-                            },
-                        },
-                        e => map_err(&url, e),
-                    })?;
-                Ok(Some(body))
-            }
+        match resp.status().as_u16() {
+            200 => Ok(Some((url, resp))),
             204 | 304 => Ok(None),
-            _ => Err(http_error(&url, status, &mut resp)),
+            status => Err(http_error(&url, status, &mut resp)),
         }
     }
 
@@ -366,33 +375,22 @@ impl CentralClient {
         max: u64,
         dir: &Path,
     ) -> Result<Option<Result<Spooled, BundleError>>, CentralError> {
-        let url = self.bundle_url(after_version);
-        let mut resp = self
-            .agent
-            .get(&url)
-            .header("accept", "application/json")
-            .call()
-            .map_err(|e| map_err(&url, e))?;
-        let status = resp.status().as_u16();
-        match status {
-            200 => {
-                let reader = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(max.saturating_add(1))
-                    .reader();
-                match spool_envelope(reader, max, &url, dir) {
-                    Err(BundleError::Io { path, source, .. }) if path == Path::new(&url) => {
-                        Err(CentralError::Transport {
-                            url,
-                            reason: source.to_string(),
-                        })
-                    }
-                    r => Ok(Some(r)),
-                }
+        let Some((url, mut resp)) = self.get_bundle(after_version)? else {
+            return Ok(None);
+        };
+        let reader = resp
+            .body_mut()
+            .with_config()
+            .limit(max.saturating_add(1))
+            .reader();
+        match spool_envelope(reader, max, &url, dir) {
+            Err(BundleError::Io { path, source, .. }) if path == Path::new(&url) => {
+                Err(CentralError::Transport {
+                    url,
+                    reason: source.to_string(),
+                })
             }
-            204 | 304 => Ok(None),
-            _ => Err(http_error(&url, status, &mut resp)),
+            r => Ok(Some(r)),
         }
     }
 
