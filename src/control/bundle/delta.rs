@@ -288,19 +288,7 @@ pub fn check_delta<S: Store>(
     let stats = c
         .finish(snapshot.path())
         .map_err(|e| intake_rejection(e, PayloadType::UsersDelta, d.version))?;
-    let unknown: Vec<ValidationError> = d
-        .remove
-        .iter()
-        .filter(|id| !present.contains(id.as_str()))
-        .map(|id| {
-            ValidationError(format!(
-                "remove names user id {id:?}, which is not in force"
-            ))
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(BundleError::Validation { errors: unknown });
-    }
+    removed_in_force(&d, |id| present.contains(id))?;
     changes.added = d.upsert.iter().filter(|u| !present.contains(&u.id)).count() as u64;
     Ok(accepted_delta(
         &d,
@@ -378,19 +366,7 @@ fn merge_into_snapshot<S: Store>(
         snapshot.path(),
     )
     .map_err(|e| intake_rejection(e, PayloadType::UsersDelta, d.version))?;
-    let unknown: Vec<ValidationError> = d
-        .remove
-        .iter()
-        .filter(|id| !m.present.contains(id.as_str()))
-        .map(|id| {
-            ValidationError(format!(
-                "remove names user id {id:?}, which is not in force"
-            ))
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(BundleError::Validation { errors: unknown });
-    }
+    removed_in_force(&d, |id| m.present.contains(id))?;
     let changed = d
         .upsert
         .iter()
@@ -409,6 +385,26 @@ fn merge_into_snapshot<S: Store>(
         changes,
         source,
     ))
+}
+
+/// Every id the delta removes must be in force (`in_force`); otherwise
+/// one validation error per id that is not.
+fn removed_in_force(d: &UsersDelta, in_force: impl Fn(&str) -> bool) -> Result<(), BundleError> {
+    let unknown: Vec<ValidationError> = d
+        .remove
+        .iter()
+        .filter(|id| !in_force(id.as_str()))
+        .map(|id| {
+            ValidationError(format!(
+                "remove names user id {id:?}, which is not in force"
+            ))
+        })
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(BundleError::Validation { errors: unknown })
+    }
 }
 
 /// A delta accepted with its compiled snapshot: the model it leaves in force
