@@ -227,11 +227,12 @@ fn the_watch_limit_is_shown_and_the_spool_is_rescanned() {
         "{}",
         tail(&text, 2000)
     );
-    let metrics = fs::read_to_string(a.state.join("metrics/exportd.prom")).unwrap_or_default();
-    assert!(
-        metrics.contains("exportd_degraded{component=\"watch\""),
-        "{metrics}"
-    );
+    // The metrics file is written on its own flush, not with status.json.
+    wait_until("the metrics show it", Duration::from_secs(10), &log, || {
+        fs::read_to_string(a.state.join("metrics/exportd.prom"))
+            .unwrap_or_default()
+            .contains("exportd_degraded{component=\"watch\"")
+    });
     // The last folder is not watched: a record written there is found by
     // the rescan (every 30 s while degraded), which also watches every
     // folder once the limit is lifted.
