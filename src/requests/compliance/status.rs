@@ -120,23 +120,7 @@ impl StatusStore {
 
     /// Records a new request as `Accepted`; an existing id is refused.
     pub fn accept(&self, request_id: &str, now: Timestamp) -> Result<RequestStatus, StatusError> {
-        let path = self.path(request_id)?;
-        if path.exists() {
-            return Err(StatusError::Exists(request_id.to_string()));
-        }
-        let t = now.rfc3339().to_string();
-        let st = RequestStatus {
-            request_id: request_id.to_string(),
-            status: State::Accepted,
-            percent: 0,
-            reason: None,
-            submitted_at: t.clone(),
-            updated_at: t,
-            completed_at: None,
-            zip: None,
-        };
-        self.put(&st)?;
-        Ok(st)
+        self.create(request_id, State::Accepted, None, now)
     }
 
     /// Records a request refused before it was accepted as `Failed` with
@@ -148,21 +132,36 @@ impl StatusStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<(), StatusError> {
+        let reason = Some(reason.replace(['\n', '\r'], " "));
+        self.create(request_id, State::Failed, reason, now)
+            .map(drop)
+    }
+
+    /// Writes the first status of a request id; an existing one is refused.
+    fn create(
+        &self,
+        request_id: &str,
+        status: State,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<RequestStatus, StatusError> {
         let path = self.path(request_id)?;
         if path.exists() {
             return Err(StatusError::Exists(request_id.to_string()));
         }
         let t = now.rfc3339().to_string();
-        self.put(&RequestStatus {
+        let st = RequestStatus {
             request_id: request_id.to_string(),
-            status: State::Failed,
+            status,
             percent: 0,
-            reason: Some(reason.replace(['\n', '\r'], " ")),
+            reason,
             submitted_at: t.clone(),
             updated_at: t,
             completed_at: None,
             zip: None,
-        })
+        };
+        self.put(&st)?;
+        Ok(st)
     }
 
     /// Reads a request's status.
