@@ -41,6 +41,14 @@ use crate::policy::overlay::{Effect, Overlay};
 pub(crate) const MAGIC: &[u8; 8] = b"EXSNAP02";
 /// Bytes of one id index entry.
 pub(crate) const ID_ENTRY: usize = 12;
+
+/// One id index entry: the id's FNV-1a hash, then the user's index.
+pub(crate) fn id_entry(hash: u64, user: u32) -> [u8; ID_ENTRY] {
+    let mut e = [0u8; ID_ENTRY];
+    e[..8].copy_from_slice(&hash.to_le_bytes());
+    e[8..].copy_from_slice(&user.to_le_bytes());
+    e
+}
 pub(crate) const FIXED: usize = 28;
 
 /// The policy ids of one user (bounded, allocation-free).
@@ -389,8 +397,7 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
         out.extend_from_slice(&off.to_le_bytes());
     }
     for (h, _, u) in &ids {
-        out.extend_from_slice(&h.to_le_bytes());
-        out.extend_from_slice(&u.to_le_bytes());
+        out.extend_from_slice(&id_entry(*h, *u));
     }
     out.extend_from_slice(&blob);
     let crc = crc32fast::hash(&out[FIXED..]);
@@ -708,7 +715,7 @@ impl Snapshot {
             let at = self.ext_at + i * 16;
             Some((u64_at(b, at)?, u32_at(b, at + 8)?, u32_at(b, at + 12)?))
         };
-        let mut i = lower_bound(|i| u64_at(b, self.ext_at + i * 16), self.n_ext, h)?;
+        let mut i = lower_bound(|i| entry(i).map(|e| e.0), self.n_ext, h)?;
         while i < self.n_ext {
             let (eh, user, off) = entry(i)?;
             if eh != h {

@@ -15,7 +15,7 @@ use super::extsort::{Duplicates, Entry, Sorter};
 use super::{IntakeError, ModelHead, Problems, WorkDir};
 use crate::policy::model::{User, validate_parts};
 use crate::policy::snapshot::{
-    FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
+    FIXED, Header, MAGIC, UserRec, checked_extension, checked_policies, fnv1a, id_entry,
 };
 
 /// What a compiled model holds.
@@ -179,17 +179,14 @@ impl Compiler {
             64 << 10,
             File::create(&ids_path).map_err(io_err("creating", &ids_path))?,
         );
-        let mut entry = [0u8; ID_ENTRY];
         for e in ids.finish().map_err(io_err("sorting in", &dir))? {
             let e = e.map_err(io_err("sorting in", &dir))?;
             if dups.check(&e).is_some() && !e.key.is_empty() {
                 self.problems
                     .push(format!("user id {:?} is defined twice", e.key));
             }
-            entry[..8].copy_from_slice(&e.hash.to_le_bytes());
-            entry[8..].copy_from_slice(&e.user.to_le_bytes());
             index
-                .write_all(&entry)
+                .write_all(&id_entry(e.hash, e.user))
                 .map_err(io_err("writing", &ids_path))?;
         }
         index.flush().map_err(io_err("writing", &ids_path))?;

@@ -15,7 +15,7 @@ use std::path::Path;
 use super::{IntakeError, Problems, WorkDir};
 use crate::policy::model::User;
 use crate::policy::snapshot::{
-    FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a,
+    FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a, id_entry,
 };
 
 /// What a merge found and wrote.
@@ -472,10 +472,7 @@ fn write_ids(
     new: &NewUsers,
     w: &mut impl Write,
 ) -> io::Result<()> {
-    let put = |w: &mut dyn Write, hash: u64, user: u64| -> io::Result<()> {
-        w.write_all(&hash.to_le_bytes())?;
-        w.write_all(&(user as u32).to_le_bytes())
-    };
+    let put = |w: &mut dyn Write, hash: u64, user: u64| w.write_all(&id_entry(hash, user as u32));
     let mut idx = At::new(f, lay.ids_at);
     let mut ni = 0;
     let mut e = [0u8; ID_ENTRY];
