@@ -125,10 +125,9 @@ pub struct Watcher {
     stream: EventStream<Vec<u8>>,
     setup: WatchSetup,
     watches: HashMap<WatchDescriptor, PathBuf>,
-    /// The watch limit was reached: rescanned every 30 s.
-    degraded: bool,
-    /// When the next watch-limit rescan is due (set once when the limit is
-    /// reached, not recomputed on every wake-up, or it would never come).
+    /// The watch limit was reached (folders are left unwatched): when the
+    /// spool is rescanned. Set once when the limit is hit, not recomputed
+    /// on every wake-up (or the rescan would never come).
     rescan_at: Option<Instant>,
     /// The watch limit was logged in this episode (once, not per rescan).
     limit_logged: bool,
@@ -154,7 +153,6 @@ impl Watcher {
             stream,
             setup,
             watches: HashMap::new(),
-            degraded: false,
             rescan_at: None,
             limit_logged: false,
             uncertain: Uncertain::default(),
@@ -246,7 +244,7 @@ impl Watcher {
     /// The inotify watch limit was reached at the last attempt: folders
     /// may be unwatched, so the spool is rescanned every 30 s.
     pub fn watch_limit_reached(&self) -> bool {
-        self.degraded
+        self.rescan_at.is_some()
     }
 
     /// No file is waiting to be seen unchanged.
@@ -257,9 +255,8 @@ impl Watcher {
     /// The room's next timer: the watch-limit rescan, an uncertain file, a
     /// folder in doubt.
     pub fn next_timer(&self) -> Option<Instant> {
-        let degraded = self.rescan_at.filter(|_| self.degraded);
         let doubt = self.doubts.values().map(|d| d.at).min();
-        [degraded, self.uncertain.next_deadline(), doubt]
+        [self.rescan_at, self.uncertain.next_deadline(), doubt]
             .into_iter()
             .flatten()
             .min()
@@ -288,7 +285,7 @@ impl Watcher {
         if self.doubts.values().any(|d| d.at <= now) {
             self.recheck_doubts(now);
         }
-        if self.degraded && self.rescan_at.is_some_and(|at| at <= now) {
+        if self.rescan_at.is_some_and(|at| at <= now) {
             // rescan() hands over everything queued so far, its own finds
             // included.
             return self.rescan(false);
@@ -317,7 +314,6 @@ impl Watcher {
                         dir.display()
                     );
                 }
-                self.degraded = true;
                 if self.rescan_at.is_none() {
                     self.rescan_at = Some(Instant::now() + WATCH_LIMIT_RESCAN);
                 }
@@ -368,7 +364,6 @@ impl Watcher {
                 .unwrap_or_else(|p| p.into_inner())
                 .begin_sweep();
         }
-        self.degraded = false;
         self.rescan_at = None;
         for root in &roots {
             let rep = self.scan_folder(root, root, &mut found, startup);
@@ -377,7 +372,7 @@ impl Watcher {
                 empty.push(root.clone());
             }
         }
-        if !self.degraded {
+        if self.rescan_at.is_none() {
             self.limit_logged = false;
         }
         self.found(found);
