@@ -499,7 +499,7 @@ fn check_config_reports_every_problem() {
 }
 
 /// An agent upgraded over a `snapshot.bin` of an older format (here
-/// `EXSNAP01`, before the id index) compiles the model again and exports
+/// `EXSNAP02`, before the mail index) compiles the model again and exports
 /// as before: the snapshot is a cache, never a reason to stop.
 #[test]
 fn a_snapshot_of_an_older_format_is_compiled_again() {
@@ -515,8 +515,8 @@ fn a_snapshot_of_an_older_format_is_compiled_again() {
     );
     let snap = a.state.join("snapshot.bin");
     let mut bytes = fs::read(&snap).unwrap();
-    assert_eq!(&bytes[..8], b"EXSNAP02");
-    bytes[..8].copy_from_slice(b"EXSNAP01");
+    assert_eq!(&bytes[..8], b"EXSNAP03");
+    bytes[..8].copy_from_slice(b"EXSNAP02");
     fs::write(&snap, &bytes).unwrap();
     Rec::voice("s2", "TRD-0042").write(&day);
     let out = a.run_until_idle();
@@ -525,7 +525,7 @@ fn a_snapshot_of_an_older_format_is_compiled_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(&fs::read(&snap).unwrap()[..8], b"EXSNAP02");
+    assert_eq!(&fs::read(&snap).unwrap()[..8], b"EXSNAP03");
     let exported: Vec<String> = a
         .rows_with("export")
         .iter()

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::policy::model::User;
 use crate::policy::snapshot::{
-    PolicyList, Snapshot, UserView, checked_extension, checked_policies,
+    PolicyList, Snapshot, UserView, checked_extension, checked_policies, mail_key,
 };
 
 /// The most ids an overlay may touch (about 3 MiB held at most): a delta
@@ -42,6 +42,8 @@ pub struct Overlay {
     by_id: HashMap<String, Option<u32>>,
     /// Normalised extension to slot.
     exts: HashMap<String, u32>,
+    /// Normalised mail address to the slots of the users with it.
+    mails: HashMap<String, Vec<u32>>,
     /// Base users whose id the overlay touches (hidden from matching).
     hidden: u64,
 }
@@ -85,7 +87,26 @@ impl Overlay {
 
     /// The user holding the normalised extension `n`, if the overlay has it.
     pub fn lookup(&self, n: &str) -> Option<UserView<'_>> {
-        let slot = *self.exts.get(n)?;
+        self.view(*self.exts.get(n)?)
+    }
+
+    /// The user the overlay puts in force with this id: `None` when it
+    /// removes it or does not touch it (see [`Overlay::hides`]).
+    pub fn user_by_id(&self, id: &str) -> Option<UserView<'_>> {
+        let slot = (*self.by_id.get(id)?)?;
+        self.view(slot)
+    }
+
+    /// Calls `f` with each user of the overlay whose normalised mail
+    /// address is `n`, until it returns `true`; returns whether it did.
+    pub fn users_by_mail(&self, n: &str, f: &mut dyn FnMut(UserView<'_>) -> bool) -> bool {
+        let Some(slots) = self.mails.get(n) else {
+            return false;
+        };
+        slots.iter().filter_map(|s| self.view(*s)).any(|u| f(u))
+    }
+
+    fn view(&self, slot: u32) -> Option<UserView<'_>> {
         let u = self.users.get(slot as usize)?.as_ref()?;
         Some(UserView {
             id: &u.id,
@@ -99,6 +120,14 @@ impl Overlay {
         if let Some(Some(u)) = self.users.get_mut(slot as usize).map(Option::take) {
             for x in &u.extensions {
                 self.exts.remove(x);
+            }
+            if let Some(m) = mail_key(&u.email) {
+                if let Some(v) = self.mails.get_mut(&m) {
+                    v.retain(|s| *s != slot);
+                    if v.is_empty() {
+                        self.mails.remove(&m);
+                    }
+                }
             }
         }
     }
@@ -173,6 +202,9 @@ impl Overlay {
             let slot = next.users.len() as u32;
             let ou = over_user(u, &policies, &mut problems);
             next.by_id.insert(u.id.clone(), Some(slot));
+            if let Some(m) = mail_key(&u.email) {
+                next.mails.entry(m).or_default().push(slot);
+            }
             next.users.push(Some(ou));
         }
         for u in upsert {

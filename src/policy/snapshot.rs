@@ -5,14 +5,16 @@
 //! Layout (little endian):
 //!
 //! ```text
-//! 0   magic "EXSNAP02"
+//! 0   magic "EXSNAP03"
 //! 8   u32 header_len     12 u32 n_ext     16 u32 n_users
-//! 20  u32 crc32 of bytes [28..]           24 u32 reserved
+//! 20  u32 crc32 of bytes [28..]           24 u32 n_mail
 //! 28  header: JSON {version, targets, policies}
 //!     padding to a multiple of 4
 //!     ext index: n_ext x [u64 hash][u32 user][u32 str_off], sorted by hash
 //!     user index: n_users x [u32 off]
 //!     id index: n_users x [u64 hash][u32 user], sorted by hash, then id
+//!     mail index: n_mail x [u64 hash][u32 user] of the users with a mail
+//!                 address (normalised), sorted by hash, then user
 //!     blob: postcard user records and postcard extension strings
 //! ```
 //!
@@ -21,8 +23,10 @@
 //! large mapped index touches one or two pages, not one per halving),
 //! compares the stored string and decodes the user record borrowing from
 //! the map: no heap allocation. The id index finds a user by id the same
-//! way (a delta's ids, without a pass over the users). `EXSNAP01` files
-//! (without the id index) are not opened: they are compiled again from the
+//! way (a delta's ids, without a pass over the users), and the mail index
+//! finds the users of a mail address (a compliance export's participants).
+//! Files of an older format (`EXSNAP01` without the id index, `EXSNAP02`
+//! without the mail index) are not opened: they are compiled again from the
 //! model in force, as any file that does not open. A swap of the model is a swap of one
 //! `Arc<Snapshot>`: a record is matched against the old or the new, never a mix.
 
@@ -38,7 +42,7 @@ use crate::policy::model::{
 };
 use crate::policy::overlay::{Effect, Overlay};
 
-pub(crate) const MAGIC: &[u8; 8] = b"EXSNAP02";
+pub(crate) const MAGIC: &[u8; 8] = b"EXSNAP03";
 /// Bytes of one id index entry.
 pub(crate) const ID_ENTRY: usize = 12;
 
@@ -50,6 +54,14 @@ pub(crate) fn id_entry(hash: u64, user: u32) -> [u8; ID_ENTRY] {
     e
 }
 pub(crate) const FIXED: usize = 28;
+
+/// The mail index's key of a user's mail address: normalised as an
+/// extension is (a `mailto:` scheme dropped, lower case); `None` when the
+/// user has none.
+pub(crate) fn mail_key(email: &str) -> Option<String> {
+    let n = normalize_extension(email);
+    (!n.is_empty()).then_some(n)
+}
 
 /// The policy ids of one user (bounded, allocation-free).
 pub type PolicyList = heapless::Vec<u16, MAX_POLICIES_PER_USER>;
@@ -217,6 +229,8 @@ pub struct Snapshot {
     ext_at: usize,
     users_at: usize,
     ids_at: usize,
+    n_mail: usize,
+    mails_at: usize,
     blob_at: usize,
 }
 
@@ -364,6 +378,14 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
         .map(|(i, u)| (fnv1a(u.id.as_bytes()), u.id.as_str(), i as u32))
         .collect();
     ids.sort_unstable();
+    // The mail index: sorted by hash, then user (as the other writers do).
+    let mut mails: Vec<(u64, u32)> = model
+        .users
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| mail_key(&u.email).map(|m| (fnv1a(m.as_bytes()), i as u32)))
+        .collect();
+    mails.sort_unstable();
     for e in exts.iter_mut() {
         e.2 = blob.len() as u32;
         let bytes = postcard::to_allocvec(e.3.as_str())
@@ -377,13 +399,20 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
     }
 
     let mut out = Vec::with_capacity(
-        FIXED + header.len() + exts.len() * 16 + user_offs.len() * (4 + ID_ENTRY) + blob.len() + 4,
+        FIXED
+            + header.len()
+            + exts.len() * 16
+            + user_offs.len() * (4 + ID_ENTRY)
+            + mails.len() * ID_ENTRY
+            + blob.len()
+            + 4,
     );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&(exts.len() as u32).to_le_bytes());
     out.extend_from_slice(&(user_offs.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&(mails.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
     while out.len() % 4 != 0 {
         out.push(0);
@@ -397,6 +426,9 @@ pub fn compile_from(model: &Model, source: Option<&str>) -> Result<Vec<u8>, Snap
         out.extend_from_slice(&off.to_le_bytes());
     }
     for (h, _, u) in &ids {
+        out.extend_from_slice(&id_entry(*h, *u));
+    }
+    for (h, u) in &mails {
         out.extend_from_slice(&id_entry(*h, *u));
     }
     out.extend_from_slice(&blob);
@@ -496,6 +528,7 @@ impl Snapshot {
         let n_ext = u32_at(b, 12).ok_or_else(|| bad("short"))? as usize;
         let n_users = u32_at(b, 16).ok_or_else(|| bad("short"))? as usize;
         let crc = u32_at(b, 20).ok_or_else(|| bad("short"))?;
+        let n_mail = u32_at(b, 24).ok_or_else(|| bad("short"))? as usize;
         if check_crc && crc32fast::hash(&b[FIXED..]) != crc {
             return Err(bad("checksum mismatch"));
         }
@@ -505,7 +538,8 @@ impl Snapshot {
         let ext_at = (FIXED + hl).div_ceil(4) * 4;
         let users_at = ext_at + n_ext * 16;
         let ids_at = users_at + n_users * 4;
-        let blob_at = ids_at + n_users * ID_ENTRY;
+        let mails_at = ids_at + n_users * ID_ENTRY;
+        let blob_at = mails_at + n_mail * ID_ENTRY;
         if blob_at > b.len() {
             return Err(bad("index beyond end"));
         }
@@ -541,6 +575,8 @@ impl Snapshot {
             ext_at,
             users_at,
             ids_at,
+            n_mail,
+            mails_at,
             blob_at,
         })
     }
@@ -630,6 +666,8 @@ impl Snapshot {
                 ext_at: self.ext_at,
                 users_at: self.users_at,
                 ids_at: self.ids_at,
+                n_mail: self.n_mail,
+                mails_at: self.mails_at,
                 blob_at: self.blob_at,
             },
             effect,
@@ -666,6 +704,57 @@ impl Snapshot {
             i += 1;
         }
         None
+    }
+
+    /// The user in force with this id: the overlay's (or none, when the
+    /// overlay removes it), else the base file's.
+    pub fn user_by_id(&self, id: &str) -> Option<UserView<'_>> {
+        if let Some(o) = &self.overlay {
+            if o.hides(id) {
+                return o.user_by_id(id);
+            }
+        }
+        self.user(self.find_id(id)?)
+    }
+
+    /// Calls `f` with each user in force whose mail address is `raw` (after
+    /// normalisation, see [`mail_key`]): the overlay's first, then the base
+    /// file's not hidden by it, until `f` returns `true`. Returns whether it
+    /// did. No heap allocation for addresses up to the extension length.
+    pub fn users_by_mail(&self, raw: &str, f: &mut dyn FnMut(UserView<'_>) -> bool) -> bool {
+        let mut n: heapless::String<MAX_EXTENSION_LEN> = heapless::String::new();
+        let long;
+        let n: &str = if normalize_extension_into(raw, &mut n) {
+            &n
+        } else {
+            long = normalize_extension(raw);
+            &long
+        };
+        if n.is_empty() {
+            return false;
+        }
+        if let Some(o) = &self.overlay {
+            if o.users_by_mail(n, f) {
+                return true;
+            }
+        }
+        let h = fnv1a(n.as_bytes());
+        let b = self.data.bytes();
+        let entry = |i: usize| self.mails_at + i * ID_ENTRY;
+        let Some(mut i) = lower_bound(|i| u64_at(b, entry(i)), self.n_mail, h) else {
+            return false;
+        };
+        while i < self.n_mail && u64_at(b, entry(i)) == Some(h) {
+            let user = u32_at(b, entry(i) + 8).and_then(|u| self.user(u as usize));
+            if let Some(u) = user {
+                let hidden = self.overlay.as_ref().is_some_and(|o| o.hides(u.id));
+                if !hidden && mail_key(u.email).as_deref() == Some(n) && f(u) {
+                    return true;
+                }
+            }
+            i += 1;
+        }
+        false
     }
 
     /// The `i`-th user of the base file (an overlay's users are not numbered).
@@ -773,6 +862,93 @@ mod tests {
         assert_eq!(s.policies()[0].targets, vec![0]);
     }
 
+    fn mail_ids(s: &Snapshot, raw: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        s.users_by_mail(raw, &mut |u| {
+            ids.push(u.id.to_string());
+            false
+        });
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn users_are_found_by_mail_and_id_through_a_delta_overlay() {
+        let mut m = model(2000);
+        // Some share a desk address, some have none.
+        for (i, u) in m.users.iter_mut().enumerate() {
+            if i % 100 == 1 {
+                u.email = format!("Desk{}@Corp.Example", i % 3);
+            }
+            if i % 100 == 2 {
+                u.email.clear();
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("snapshot.bin");
+        write_atomic(&path, &compile(&m).unwrap()).unwrap();
+        let s = Snapshot::open(&path).unwrap();
+        assert_eq!(mail_ids(&s, "u42@corp.example"), ["u-42"]);
+        assert_eq!(mail_ids(&s, " mailto:U1999@CORP.example"), ["u-1999"]);
+        assert!(mail_ids(&s, "u2@corp.example").is_empty(), "u-2 has none");
+        assert!(mail_ids(&s, "").is_empty());
+        assert!(mail_ids(&s, "nobody@corp.example").is_empty());
+        // desk1: i % 100 == 1 and i % 3 == 1.
+        let want: Vec<String> = {
+            let mut v: Vec<String> = (0..2000)
+                .filter(|i| i % 100 == 1 && i % 3 == 1)
+                .map(|i| format!("u-{i}"))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(mail_ids(&s, "desk1@corp.example"), want);
+        // `f` returning true stops the walk.
+        let mut calls = 0;
+        assert!(s.users_by_mail("desk1@corp.example", &mut |_| {
+            calls += 1;
+            true
+        }));
+        assert_eq!(calls, 1);
+        assert_eq!(s.user_by_id("u-7").unwrap().email, "u7@corp.example");
+        assert!(s.user_by_id("u-7 ").is_none());
+
+        // A delta: u-42 gets a new address, u-101 (desk2) is removed, a new
+        // user takes desk1's address.
+        let mut u42 = m.users[42].clone();
+        u42.email = "renamed@corp.example".into();
+        let new = User {
+            id: "n-1".into(),
+            name: String::new(),
+            email: "DESK1@corp.example".into(),
+            extensions: vec!["+19990000001".into()],
+            policies: vec!["p".into()],
+        };
+        let (o, _) = s
+            .with_delta(8, None, &[u42, new], &["u-101".into()])
+            .unwrap();
+        assert!(mail_ids(&o, "u42@corp.example").is_empty());
+        assert_eq!(mail_ids(&o, "renamed@corp.example"), ["u-42"]);
+        let mut want1 = want.clone();
+        want1.push("n-1".into());
+        want1.sort();
+        assert_eq!(mail_ids(&o, "desk1@corp.example"), want1);
+        assert!(!mail_ids(&o, "desk2@corp.example").contains(&"u-101".to_string()));
+        assert!(mail_ids(&s, "desk2@corp.example").contains(&"u-101".to_string()));
+        assert!(o.user_by_id("u-101").is_none());
+        assert_eq!(o.user_by_id("u-42").unwrap().email, "renamed@corp.example");
+        assert_eq!(o.user_by_id("n-1").unwrap().email, "DESK1@corp.example");
+        assert_eq!(o.user_by_id("u-43").unwrap().email, "u43@corp.example");
+        // The same model compiled gives the same answers.
+        let mut m2 = m.clone();
+        m2.users.retain(|u| u.id != "u-101");
+        let c = Snapshot::from_model(&m2).unwrap();
+        assert_eq!(
+            mail_ids(&c, "desk2@corp.example"),
+            mail_ids(&o, "desk2@corp.example")
+        );
+    }
+
     #[test]
     fn corruption_is_detected() {
         let mut b = compile(&model(10)).unwrap();
@@ -782,15 +958,17 @@ mod tests {
             Snapshot::from_bytes(b),
             Err(SnapshotError::Corrupt(_))
         ));
-        assert!(Snapshot::from_bytes(b"EXSNAP02".to_vec()).is_err());
-        // A file of the format before the id index is not opened (it is
-        // compiled again from the model in force).
-        let mut old = compile(&model(10)).unwrap();
-        old[..8].copy_from_slice(b"EXSNAP01");
-        assert!(matches!(
-            Snapshot::from_bytes(old),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(Snapshot::from_bytes(b"EXSNAP03".to_vec()).is_err());
+        // A file of a format before the id index or the mail index is not
+        // opened (it is compiled again from the model in force).
+        for magic in [b"EXSNAP01", b"EXSNAP02"] {
+            let mut old = compile(&model(10)).unwrap();
+            old[..8].copy_from_slice(magic);
+            assert!(matches!(
+                Snapshot::from_bytes(old),
+                Err(SnapshotError::Corrupt(_))
+            ));
+        }
     }
 
     #[test]

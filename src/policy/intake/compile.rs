@@ -1,10 +1,11 @@
 //! The streaming snapshot compiler: users are validated and written one at
 //! a time; the extension index and the user ids are sorted externally
 //! ([`super::extsort`]) and merged into the snapshot file, where extensions
-//! assigned twice and user ids defined twice are found.
+//! assigned twice and user ids defined twice are found; the mail addresses
+//! are sorted the same way into the mail index.
 //!
 //! The file written is byte for byte what [`crate::policy::snapshot::compile`]
-//! builds in memory for the same model (same format, `EXSNAP02`).
+//! builds in memory for the same model (same format, `EXSNAP03`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +16,7 @@ use super::extsort::{Duplicates, Entry, Sorter};
 use super::{IntakeError, ModelHead, Problems, WorkDir};
 use crate::policy::model::{User, validate_parts};
 use crate::policy::snapshot::{
-    FIXED, Header, MAGIC, UserRec, checked_extension, checked_policies, fnv1a, id_entry,
+    FIXED, Header, MAGIC, UserRec, checked_extension, checked_policies, fnv1a, id_entry, mail_key,
 };
 
 /// What a compiled model holds.
@@ -41,6 +42,8 @@ pub struct Compiler {
     n_users: u32,
     exts: Sorter,
     ids: Sorter,
+    mails: Sorter,
+    n_mail: u32,
     problems: Problems,
 }
 
@@ -86,6 +89,8 @@ impl Compiler {
         Ok(Compiler {
             exts: Sorter::new(work.path(), "ext"),
             ids: Sorter::new(work.path(), "id"),
+            mails: Sorter::new(work.path(), "mail"),
+            n_mail: 0,
             version: head.version,
             work,
             policy_ix,
@@ -128,6 +133,18 @@ impl Compiler {
             .map_err(werr)?;
         for m in reported {
             self.problems.push(m);
+        }
+        if let Some(m) = mail_key(&u.email) {
+            // Sorted by hash, then user: the key is left empty.
+            self.mails
+                .push(Entry {
+                    hash: fnv1a(m.as_bytes()),
+                    key: String::new(),
+                    user: idx,
+                    owner: String::new(),
+                })
+                .map_err(werr)?;
+            self.n_mail += 1;
         }
         let rec = UserRec {
             id: &u.id,
@@ -191,6 +208,20 @@ impl Compiler {
         }
         index.flush().map_err(io_err("writing", &ids_path))?;
         drop(index);
+        let mails = std::mem::replace(&mut self.mails, Sorter::new(&dir, "none"));
+        let mails_path = dir.join("users.mails");
+        let mut index = BufWriter::with_capacity(
+            64 << 10,
+            File::create(&mails_path).map_err(io_err("creating", &mails_path))?,
+        );
+        for e in mails.finish().map_err(io_err("sorting in", &dir))? {
+            let e = e.map_err(io_err("sorting in", &dir))?;
+            index
+                .write_all(&id_entry(e.hash, e.user))
+                .map_err(io_err("writing", &mails_path))?;
+        }
+        index.flush().map_err(io_err("writing", &mails_path))?;
+        drop(index);
         let stats = Stats {
             version: self.version,
             users: u64::from(self.n_users),
@@ -221,7 +252,8 @@ impl Compiler {
         fixed.extend_from_slice(&(self.header.len() as u32).to_le_bytes());
         fixed.extend_from_slice(&n_ext.to_le_bytes());
         fixed.extend_from_slice(&self.n_users.to_le_bytes());
-        fixed.extend_from_slice(&[0u8; 8]);
+        fixed.extend_from_slice(&[0u8; 4]);
+        fixed.extend_from_slice(&self.n_mail.to_le_bytes());
         w.write_all(&fixed).map_err(oerr)?;
         let mut w = CrcWriter::new(w);
         w.write_all(&self.header).map_err(oerr)?;
@@ -229,7 +261,7 @@ impl Compiler {
         w.write_all(&[0u8; 4][..pad]).map_err(oerr)?;
         let strs_path = self.work.path().join("ext.strs");
         self.write_index(&mut w, &strs_path)?;
-        for name in ["users.off", "users.ids", "users.blob"] {
+        for name in ["users.off", "users.ids", "users.mails", "users.blob"] {
             let p = self.work.path().join(name);
             let mut r = File::open(&p).map_err(io_err("reading", &p))?;
             io::copy(&mut r, &mut w).map_err(oerr)?;

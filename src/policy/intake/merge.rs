@@ -16,6 +16,7 @@ use super::{IntakeError, Problems, WorkDir};
 use crate::policy::model::User;
 use crate::policy::snapshot::{
     FIXED, Header, ID_ENTRY, MAGIC, UserRec, checked_extension, checked_policies, fnv1a, id_entry,
+    mail_key,
 };
 
 /// What a merge found and wrote.
@@ -115,6 +116,8 @@ struct Layout {
     ext_at: u64,
     users_at: u64,
     ids_at: u64,
+    n_mail: u64,
+    mails_at: u64,
     blob_at: u64,
     /// Bytes of user records (the extension strings follow them).
     users_len: u64,
@@ -134,13 +137,14 @@ fn layout(f: &File) -> io::Result<Layout> {
             fixed[at + 3],
         ]))
     };
-    let (hl, n_ext, n_users) = (word(8), word(12), word(16));
+    let (hl, n_ext, n_users, n_mail) = (word(8), word(12), word(16), word(24));
     let header: Header =
         serde_json::from_slice(&r.vec(hl as usize)?).map_err(|e| bad(&e.to_string()))?;
     let ext_at = (FIXED as u64 + hl).div_ceil(4) * 4;
     let users_at = ext_at + n_ext * 16;
     let ids_at = users_at + n_users * 4;
-    let blob_at = ids_at + n_users * ID_ENTRY as u64;
+    let mails_at = ids_at + n_users * ID_ENTRY as u64;
+    let blob_at = mails_at + n_mail * ID_ENTRY as u64;
     let users_len = if n_ext > 0 {
         let mut e = At::new(f, ext_at + 12);
         u64::from(e.u32()?)
@@ -154,6 +158,8 @@ fn layout(f: &File) -> io::Result<Layout> {
         ext_at,
         users_at,
         ids_at,
+        n_mail,
+        mails_at,
         blob_at,
         users_len,
     })
@@ -165,6 +171,8 @@ struct NewUsers {
     entries: Vec<(u64, String, u32, String)>,
     /// The id index entries (hash, id, user), sorted.
     ids: Vec<(u64, String, u32)>,
+    /// The mail index entries (hash, user), sorted.
+    mails: Vec<(u64, u32)>,
 }
 
 fn new_users(
@@ -177,10 +185,14 @@ fn new_users(
         records: Vec::new(),
         entries: Vec::new(),
         ids: Vec::new(),
+        mails: Vec::new(),
     };
     for (k, u) in upsert.iter().enumerate() {
         out.ids
             .push((fnv1a(u.id.as_bytes()), u.id.clone(), first + k as u32));
+        if let Some(m) = mail_key(&u.email) {
+            out.mails.push((fnv1a(m.as_bytes()), first + k as u32));
+        }
         let pl = checked_policies(u, |p| policies.get(p).copied(), &mut |m| problems.push(m));
         let rec = UserRec {
             id: &u.id,
@@ -198,6 +210,7 @@ fn new_users(
         }
     }
     out.ids.sort();
+    out.mails.sort();
     out.entries.sort();
     for w in out.entries.windows(2) {
         if w[0].0 == w[1].0 && w[0].1 == w[1].1 {
@@ -452,11 +465,13 @@ fn write_merged(
     }
     strs.flush().map_err(oerr)?;
     drop(strs);
-    copy_users(f, lay, dead, new, &mut w).map_err(oerr)?;
+    let n_mail = copy_users(f, lay, dead, new, &mut w).map_err(oerr)?;
     io::copy(&mut File::open(&strs_path).map_err(oerr)?, &mut w).map_err(oerr)?;
     let (w, crc) = w.into_parts();
     let file = w.into_inner().map_err(|e| oerr(e.into_error()))?;
     file.write_all_at(&(n_ext as u32).to_le_bytes(), 12)
+        .map_err(oerr)?;
+    file.write_all_at(&(n_mail as u32).to_le_bytes(), 24)
         .map_err(oerr)?;
     file.write_all_at(&crc.to_le_bytes(), 20).map_err(oerr)?;
     file.sync_all().map_err(oerr)?;
@@ -498,18 +513,56 @@ fn write_ids(
     Ok(())
 }
 
-/// The user offsets, the id index, then the user records: the old ones
-/// kept, renumbered, then the delta's.
+/// The mail index: the entries of the old users kept (renumbered, so still
+/// in order), merged with the delta's (numbered after every old user, so
+/// after the old ones of an equal hash). Returns the entries written.
+fn write_mails(
+    f: &File,
+    lay: &Layout,
+    dead: &[(u64, u64)],
+    new: &NewUsers,
+    w: &mut impl Write,
+) -> io::Result<u64> {
+    let mut idx = At::new(f, lay.mails_at);
+    let (mut ni, mut n) = (0, 0u64);
+    let mut e = [0u8; ID_ENTRY];
+    for _ in 0..lay.n_mail {
+        idx.exact(&mut e)?;
+        let hash = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+        let user = u64::from(u32::from_le_bytes(e[8..].try_into().unwrap_or_default()));
+        if dead.binary_search_by_key(&user, |d| d.0).is_ok() {
+            continue;
+        }
+        while ni < new.mails.len() && new.mails[ni].0 < hash {
+            w.write_all(&id_entry(new.mails[ni].0, new.mails[ni].1))?;
+            (ni, n) = (ni + 1, n + 1);
+        }
+        let renum = user - dead.partition_point(|d| d.0 < user) as u64;
+        w.write_all(&id_entry(hash, renum as u32))?;
+        n += 1;
+    }
+    for m in &new.mails[ni..] {
+        w.write_all(&id_entry(m.0, m.1))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The user offsets, the id index, the mail index, then the user records:
+/// the old ones kept, renumbered, then the delta's. Returns the entries of
+/// the mail index.
 fn copy_users(
     f: &File,
     lay: &Layout,
     dead: &[(u64, u64)],
     new: &NewUsers,
     w: &mut impl Write,
-) -> io::Result<()> {
+) -> io::Result<u64> {
+    let mut n_mail = 0;
     for pass in 0..2 {
         if pass == 1 {
             write_ids(f, lay, dead, new, w)?;
+            n_mail = write_mails(f, lay, dead, new, w)?;
         }
         let mut offs = At::new(f, lay.users_at);
         let mut blob = At::new(f, lay.blob_at);
@@ -548,7 +601,7 @@ fn copy_users(
             cur += r.len() as u64;
         }
     }
-    Ok(())
+    Ok(n_mail)
 }
 
 #[cfg(test)]
@@ -562,7 +615,13 @@ mod tests {
         User {
             id: format!("u-{i}"),
             name: format!("User {i}"),
-            email: String::new(),
+            // Some without, most shared by several users (equal hashes in
+            // the mail index, old and new users among them).
+            email: if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("Desk{}@Corp.Example", i % 7)
+            },
             extensions: exts.iter().map(|e| e.to_string()).collect(),
             policies: vec!["p".into()],
         }

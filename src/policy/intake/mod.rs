@@ -11,7 +11,7 @@
 //!                                ├─ (ext hash, ext, user) ─► extsort runs ─┐
 //!                                └─ (user id)             ─► extsort runs ─┤ k-way merge:
 //!                                                                          ▼ duplicates found
-//!                                                              snapshot.bin (EXSNAP02)
+//!                                                              snapshot.bin (EXSNAP03)
 //! ```
 //!
 //! Runs live in a private work directory (under `state_dir`, or the system
@@ -293,7 +293,11 @@ mod tests {
                 .map(|i| User {
                     id: format!("u-{i}"),
                     name: format!("User {i}"),
-                    email: format!("u{i}@corp.example"),
+                    email: match i % 9 {
+                        0 => String::new(),
+                        1 => "Shared@Corp.Example".into(),
+                        _ => format!("u{i}@corp.example"),
+                    },
                     extensions: vec![format!("+1212{i:07}"), format!("sip:U{i}@Corp.Example")],
                     policies: vec!["p".into()],
                 })
