@@ -103,7 +103,7 @@ impl Overlay {
         let Some(slots) = self.mails.get(n) else {
             return false;
         };
-        slots.iter().filter_map(|s| self.view(*s)).any(|u| f(u))
+        slots.iter().filter_map(|s| self.view(*s)).any(f)
     }
 
     fn view(&self, slot: u32) -> Option<UserView<'_>> {
