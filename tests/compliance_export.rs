@@ -7,9 +7,11 @@ mod spool;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use exportd::policy::model::{Model, TargetSpec};
+use exportd::policy::snapshot::Snapshot;
 use exportd::requests::compliance::{
-    self, ComplianceError, ExportRequest, Format, PlainOpener, Progress, RequestContext, State,
-    StatusStore,
+    self, ComplianceError, Directory, ExportRequest, Format, PlainOpener, Progress, RequestContext,
+    State, StatusStore,
 };
 use exportd::time::Timestamp;
 use serde_json::Value;
@@ -50,14 +52,33 @@ fn env() -> Env {
     }
 }
 
+/// The configured users as the agent has them: the compiled snapshot,
+/// whose indexes answer the engine (by id, extension, mail address).
+fn company() -> Snapshot {
+    Snapshot::from_model(&Model {
+        targets: vec![TargetSpec::fs("nas1", "/unused")],
+        users: spool::users(),
+        ..Model::default()
+    })
+    .unwrap()
+}
+
 fn run(
     e: &Env,
     r: &ExportRequest,
 ) -> (Result<compliance::Summary, ComplianceError>, Vec<Progress>) {
+    run_with(e, r, &company())
+}
+
+fn run_with(
+    e: &Env,
+    r: &ExportRequest,
+    users: &dyn Directory,
+) -> (Result<compliance::Summary, ComplianceError>, Vec<Progress>) {
     let opener = PlainOpener;
     let ctx = RequestContext {
         spool_roots: vec![e.spool.clone()],
-        users: spool::users(),
+        users,
         opener: &opener,
         output_dir: e.out.clone(),
         now: now(),
@@ -232,6 +253,41 @@ fn user_filter_selects_records_of_that_user() {
     ));
 }
 
+/// The snapshot's indexes (what the agent uses) and a walk over the list of
+/// users give the same export: same entries, same bytes, for every user
+/// filter and both layouts.
+#[test]
+fn the_snapshot_answers_as_the_list_of_users_does() {
+    let e = env();
+    let snap = company();
+    let list = spool::users();
+    let filters: [Option<&[&str]>; 4] = [
+        None,
+        Some(&["u-1001"]),
+        Some(&["u-1002"]),
+        Some(&["u-1001", "u-1002"]),
+    ];
+    let mut n = 0;
+    for users in filters {
+        for format in [Format::Glip, Format::Slack] {
+            let mut zips = Vec::new();
+            for dir in [&snap as &dyn Directory, &list] {
+                n += 1;
+                let mut r = req(&format!("r-same-{n}"));
+                r.users = users.map(|u| u.iter().map(|s| s.to_string()).collect());
+                r.format = format;
+                let s = run_with(&e, &r, dir).0.unwrap();
+                let mut z = entries(&s.zip);
+                // request.json names the request id: the rest must be equal.
+                z.remove("request.json");
+                zips.push(z);
+            }
+            assert!(!zips[0].is_empty());
+            assert_eq!(zips[0], zips[1], "users {users:?}, {format:?}");
+        }
+    }
+}
+
 #[test]
 fn empty_range_still_produces_a_zip() {
     let e = env();
@@ -358,9 +414,10 @@ fn status_lifecycle_with_fake_clock() {
     ));
 
     let opener = PlainOpener;
+    let users = company();
     let ctx = RequestContext {
         spool_roots: vec![e.spool.clone()],
-        users: spool::users(),
+        users: &users,
         opener: &opener,
         output_dir: e.out.clone(),
         now: t0,

@@ -62,9 +62,10 @@ fn slack_export_renders_in_slack_export_viewer() {
     std::fs::create_dir_all(&spool_dir).unwrap();
     spool::standard_spool(&spool_dir);
     let opener = PlainOpener;
+    let users = spool::users();
     let ctx = RequestContext {
         spool_roots: vec![spool_dir],
-        users: spool::users(),
+        users: &users,
         opener: &opener,
         output_dir: tmp.path().join("archive"),
         now: Timestamp::parse_rfc3339("2026-11-25T12:00:00Z").unwrap(),

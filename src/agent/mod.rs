@@ -44,7 +44,8 @@ use crate::watch::watcher::{WatchOut, WatchSetup, Watcher};
 pub use schedule::backoff;
 pub use setup::{
     PreparedModel, build_targets, build_targets_from, install_snapshot, make_ctx, model_in_force,
-    prepare_compiled, prepare_model, snapshot_in_force, spool_overlap_problems, target_env,
+    prepare_compiled, prepare_model, snapshot_in_force, snapshot_to_read, spool_overlap_problems,
+    target_env,
 };
 
 /// How the daemon runs.
@@ -238,7 +239,7 @@ impl Agent {
             proof: crate::proof::service::Hook::start(cfg, &ctx.targets),
             status,
             schedule: Schedule::new(cfg.workers, cfg.incomplete_grace_s, opts.until_idle),
-            requests: Requests::new(&cfg.state_dir, cfg_path, post),
+            requests: Requests::new(&cfg.state_dir, post),
             watch,
             control,
             ctx,

@@ -286,6 +286,39 @@ pub fn snapshot_in_force(
     state_dir: &Path,
     config_sha256: &[u8; 32],
 ) -> Result<Snapshot, AgentError> {
+    match current_or_compiled(cfg_path, state_dir, config_sha256)? {
+        Found::Current(s) => Ok(s),
+        Found::Compiled(tmp) => install_compiled(state_dir, &tmp),
+    }
+}
+
+/// The snapshot of the model in force for a command beside the daemon
+/// (`exportd request submit`): `snapshot.bin` when it is current (with the
+/// accepted deltas beside it), else the model compiled as a stream into a
+/// private file that is mapped and removed at once. `snapshot.bin` is never
+/// replaced: it is the daemon's.
+pub fn snapshot_to_read(
+    cfg_path: &Path,
+    state_dir: &Path,
+    config_sha256: &[u8; 32],
+) -> Result<Snapshot, AgentError> {
+    match current_or_compiled(cfg_path, state_dir, config_sha256)? {
+        Found::Current(s) => Ok(s),
+        // The map outlives the file's name (removed when `tmp` drops).
+        Found::Compiled(tmp) => Ok(Snapshot::open(tmp.path())?),
+    }
+}
+
+enum Found {
+    Current(Snapshot),
+    Compiled(TempFile),
+}
+
+fn current_or_compiled(
+    cfg_path: &Path,
+    state_dir: &Path,
+    config_sha256: &[u8; 32],
+) -> Result<Found, AgentError> {
     let bundle = match BundleState::load(state_dir) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -300,13 +333,13 @@ pub fn snapshot_in_force(
     let path = state_dir.join("snapshot.bin");
     if let Ok(s) = Snapshot::open(&path) {
         if s.source() == Some(source.as_str()) {
-            return Ok(s);
+            return Ok(Found::Current(s));
         }
         // The file with the first deltas of the chain: the later ones are
         // applied beside it (users deltas are never written into it).
         if let Some(b) = bundle.as_ref().filter(|b| b.current_source().is_some()) {
             match crate::control::bundle::delta::overlay_in_force(b, s) {
-                Ok(Some(o)) => return Ok(o),
+                Ok(Some(o)) => return Ok(Found::Current(o)),
                 Ok(None) => {}
                 Err(e) => error!(
                     "the accepted deltas cannot be applied beside {}: {e}; compiling the model in force",
@@ -329,7 +362,7 @@ pub fn snapshot_in_force(
                 .map_err(SnapshotError::from)?;
         }
     }
-    install_compiled(state_dir, &tmp)
+    Ok(Found::Compiled(tmp))
 }
 
 /// Sets up the shared context from a config.

@@ -11,12 +11,11 @@ use anyhow::{Context, Result, bail};
 
 use super::out::{out, outln};
 
-use exportd::agent::{build_targets, model_in_force, target_env};
+use exportd::agent::{build_targets, model_in_force, snapshot_to_read, target_env};
 use exportd::control::bundle::ops as bops;
 use exportd::control::bundle::trust::SigStatus;
 use exportd::ledger::audit::AuditLog;
 use exportd::policy::config::LocalConfig;
-use exportd::policy::snapshot::Snapshot;
 use exportd::requests::{self, RequestEnv};
 
 fn one_path(rest: &[OsString], what: &str) -> Result<PathBuf> {
@@ -122,17 +121,21 @@ pub fn target_init(cfg_path: &Path, only: &[String]) -> Result<i32> {
 
 /// Builds what a request runs against (the model in force, its targets,
 /// keys, the audit log) and calls `f` with it.
-fn with_request_env<T>(cfg: &LocalConfig, f: impl FnOnce(&RequestEnv<'_>) -> T) -> Result<T> {
-    let model = model_in_force(cfg);
-    let snap = Snapshot::from_model(&model).context("compiling the policy model in force")?;
-    let targets = build_targets(&snap, &target_env(cfg))?;
+/// The users are never parsed whole: the snapshot in force answers for
+/// them (see [`exportd::agent::snapshot_to_read`]).
+fn with_request_env<T>(cfg_path: &Path, f: impl FnOnce(&RequestEnv<'_>) -> T) -> Result<T> {
+    let (cfg, sha) = LocalConfig::load_head(cfg_path)?;
+    let cfg = &cfg;
     ensure_state_dir(&cfg.state_dir)?;
+    let snap = snapshot_to_read(cfg_path, &cfg.state_dir, &sha)
+        .context("opening the snapshot of the policy model in force")?;
+    let targets = build_targets(&snap, &target_env(cfg))?;
     let audit = Mutex::new(AuditLog::open(&cfg.state_dir)?);
     let roots = exportd::watch::spool::canonical_roots(&cfg.spool);
     let env = RequestEnv {
         state_dir: &cfg.state_dir,
         roots,
-        model: &model,
+        snap: &snap,
         targets: &targets,
         keys: exportd::export::load_keys(&cfg.keys_dir),
         audit: &audit,
@@ -147,8 +150,7 @@ pub fn run_request(
     progress: &mut dyn FnMut(u8),
 ) -> Result<requests::compliance::Summary> {
     private_umask();
-    let cfg = LocalConfig::load(cfg_path)?;
-    with_request_env(&cfg, |env| -> Result<_> {
+    with_request_env(cfg_path, |env| -> Result<_> {
         let req = requests::accept(env, json)?;
         Ok(requests::execute(env, &req, progress)?)
     })?
@@ -158,10 +160,9 @@ pub fn run_request(
 pub fn request_submit(cfg_path: &Path, rest: &[OsString], detach: bool) -> Result<i32> {
     private_umask();
     let req_path = one_path(rest, "REQUEST.json")?;
-    let cfg = LocalConfig::load(cfg_path)?;
     let json =
         std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
-    with_request_env(&cfg, |env| submit_in(env, &json, detach))?
+    with_request_env(cfg_path, |env| submit_in(env, &json, detach))?
 }
 
 fn submit_in(env: &RequestEnv<'_>, json: &[u8], detach: bool) -> Result<i32> {

@@ -340,11 +340,11 @@ impl Control {
                 self.config_applied(ctx, c.version, source, res);
             }
             Ok(Accepted::ExportRequest(r)) => {
-                let model = crate::requests::room::load_model(&self.cfg_path);
-                let accepted =
-                    crate::requests::room::with_env(&self.cfg.state_dir, ctx, model, |env| {
-                        crate::requests::accept(env, &r.payload)
-                    });
+                // Checked against the snapshot in force (its indexes): the
+                // directory is not parsed on the agent's loop.
+                let accepted = crate::requests::room::with_env(&self.cfg.state_dir, ctx, |env| {
+                    crate::requests::accept(env, &r.payload)
+                });
                 match accepted {
                     Ok(req) => {
                         info!(request = %req.request_id, "export request from {source} accepted");

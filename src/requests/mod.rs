@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::export::Keys;
 use crate::ledger::audit::{Action, AuditLog, Row, folder_digest};
-use crate::policy::model::{Model, TargetKind, TargetSpec};
+use crate::policy::model::{TargetKind, TargetSpec};
+use crate::policy::snapshot::Snapshot;
 use crate::requests::compliance::{
-    ExportRequest, Progress, RequestContext, SpoolOpener, StatusStore, Summary,
+    Directory, ExportRequest, Progress, RequestContext, SpoolOpener, StatusStore, Summary,
 };
 use crate::sink::{PutRequest, Source, Target};
 use crate::time::Timestamp;
@@ -122,9 +123,11 @@ pub struct RequestEnv<'a> {
     pub state_dir: &'a Path,
     /// Spool roots (configured, canonical).
     pub roots: Vec<(PathBuf, PathBuf)>,
-    /// The model in force (users, targets).
-    pub model: &'a Model,
-    /// Targets aligned with `model.targets` (for S3 delivery).
+    /// The model in force (users, targets): its snapshot, whose indexes
+    /// answer the engine's questions about users without a parse of the
+    /// directory.
+    pub snap: &'a Snapshot,
+    /// Targets aligned with `snap.targets()` (for S3 delivery).
     pub targets: &'a [Arc<dyn Target>],
     /// Keys.
     pub keys: Arc<dyn Keys>,
@@ -167,8 +170,8 @@ fn audit_row(
 fn check(env: &RequestEnv<'_>, req: &ExportRequest) -> Result<(), RequestRunError> {
     req.validate()
         .map_err(|e| RequestRunError::Invalid(e.to_string()))?;
-    if !env.model.targets.iter().any(|t| t.id == req.target) {
-        let ids: Vec<&str> = env.model.targets.iter().map(|t| t.id.as_str()).collect();
+    if !env.snap.targets().iter().any(|t| t.id == req.target) {
+        let ids: Vec<&str> = env.snap.targets().iter().map(|t| t.id.as_str()).collect();
         return Err(RequestRunError::UnknownTarget(
             req.target.clone(),
             ids.join(", "),
@@ -176,7 +179,7 @@ fn check(env: &RequestEnv<'_>, req: &ExportRequest) -> Result<(), RequestRunErro
     }
     if let Some(users) = &req.users {
         for u in users {
-            if !env.model.users.iter().any(|x| &x.id == u) {
+            if !env.snap.has_id(u) {
                 return Err(RequestRunError::Invalid(format!(
                     "user {u:?} is not a configured user"
                 )));
@@ -325,7 +328,7 @@ fn destination<'m>(
     req: &ExportRequest,
 ) -> Result<Destination<'m>, RequestRunError> {
     let id = req.request_id.as_str();
-    let ti = env.model.targets.iter().position(|t| t.id == req.target);
+    let ti = env.snap.targets().iter().position(|t| t.id == req.target);
     let Some(ti) = ti else {
         let reason = format!("unknown target {:?}", req.target);
         let _ = store.fail(id, &reason, Timestamp::now());
@@ -334,7 +337,7 @@ fn destination<'m>(
             reason,
         });
     };
-    let spec = &env.model.targets[ti];
+    let spec = &env.snap.targets()[ti];
     let (output_dir, s3) = match spec.kind {
         TargetKind::Fs => (spec.path.clone().unwrap_or_default(), false),
         TargetKind::S3 => (env.state_dir.join("outbox").join(&spec.id), true),
@@ -375,7 +378,7 @@ fn run_engine(
     };
     let ctx = RequestContext {
         spool_roots: env.roots.iter().map(|r| r.0.clone()).collect(),
-        users: env.model.users.clone(),
+        users: env.snap,
         opener: &opener,
         output_dir: dest.output_dir.clone(),
         now: Timestamp::now(),

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::export::Ctx;
-use crate::policy::config::LocalConfig;
-use crate::policy::model::Model;
 use crate::requests::RequestEnv;
 use crate::requests::compliance::{ExportRequest, State, StatusStore};
 use crate::time::Timestamp;
@@ -32,30 +30,14 @@ pub struct Done {
 /// Where a finished run is reported (the agent's mailbox).
 pub type Post = Arc<dyn Fn(Done) + Send + Sync>;
 
-/// The model in force, read again (it is not kept in memory): the
-/// accepted central bundle, else the inline model of the config file.
-pub fn load_model(cfg_path: &Path) -> Model {
-    match LocalConfig::load(cfg_path) {
-        Ok(c) => crate::agent::model_in_force(&c),
-        Err(e) => {
-            error!("cannot re-read the model in force: {e}");
-            Model::default()
-        }
-    }
-}
-
 /// Runs `f` with the environment requests need: the agent's roots,
-/// targets, keys and audit log, and `model`.
-pub fn with_env<R>(
-    state_dir: &Path,
-    ctx: &Ctx,
-    model: Model,
-    f: impl FnOnce(&RequestEnv<'_>) -> R,
-) -> R {
+/// targets, keys and audit log, and the snapshot of the model in force
+/// (its indexes answer for the users: the directory is never parsed).
+pub fn with_env<R>(state_dir: &Path, ctx: &Ctx, f: impl FnOnce(&RequestEnv<'_>) -> R) -> R {
     let env = RequestEnv {
         state_dir,
         roots: ctx.roots.as_ref().clone(),
-        model: &model,
+        snap: &ctx.snap,
         targets: &ctx.targets,
         keys: ctx.keys.clone(),
         audit: &ctx.audit,
@@ -66,7 +48,6 @@ pub fn with_env<R>(
 /// The requests room.
 pub struct Requests {
     state_dir: PathBuf,
-    cfg_path: PathBuf,
     post: Post,
     /// Requests running in this daemon.
     running: HashSet<String>,
@@ -76,10 +57,9 @@ pub struct Requests {
 
 impl Requests {
     /// No request running yet.
-    pub fn new(state_dir: &Path, cfg_path: &Path, post: Post) -> Requests {
+    pub fn new(state_dir: &Path, post: Post) -> Requests {
         Requests {
             state_dir: state_dir.to_path_buf(),
-            cfg_path: cfg_path.to_path_buf(),
             post,
             running: HashSet::new(),
             next_expiry: None,
@@ -110,20 +90,19 @@ impl Requests {
             return;
         }
         let state_dir = self.state_dir.clone();
-        let cfg_path = self.cfg_path.clone();
+        let snap = ctx.snap.clone();
         let roots = ctx.roots.as_ref().clone();
         let targets = ctx.targets.clone();
         let keys = ctx.keys.clone();
         let audit = ctx.audit.clone();
         let post = self.post.clone();
         tokio::task::spawn_blocking(move || {
-            // Read on the worker, not on the agent's loop: parsing a large
-            // directory takes seconds (the watchdog must keep being fed).
-            let model = load_model(&cfg_path);
+            // The snapshot in force when the request started: a model
+            // swapped in meanwhile does not change the request's users.
             let env = RequestEnv {
                 state_dir: &state_dir,
                 roots,
-                model: &model,
+                snap: &snap,
                 targets: &targets,
                 keys,
                 audit: &audit,
@@ -156,9 +135,8 @@ impl Requests {
             }
             match crate::requests::load_saved(&self.state_dir, &st.request_id) {
                 Some(req) => {
-                    // The count needs no model: the default one is not read.
                     let id = st.request_id.as_str();
-                    if !with_env(&self.state_dir, ctx, Model::default(), |env| {
+                    if !with_env(&self.state_dir, ctx, |env| {
                         crate::requests::count_resume(env, id)
                     }) {
                         warn!(request = %id, "unfinished compliance export not resumed again: it failed");
@@ -182,9 +160,7 @@ impl Requests {
 
     /// Removes the zips of completed exports that expired.
     pub fn expire(&mut self, ctx: &Ctx) {
-        // Expiry only touches the request store and the audit log: the model
-        // (100,000 users are ~100 MiB parsed) is not read for it.
-        let ids = with_env(&self.state_dir, ctx, Model::default(), |env| {
+        let ids = with_env(&self.state_dir, ctx, |env| {
             crate::requests::expire(env, Timestamp::now())
         });
         for id in ids {

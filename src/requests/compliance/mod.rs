@@ -48,13 +48,12 @@ mod status;
 use std::path::{Path, PathBuf};
 
 pub use request::{ExportRequest, Format, RequestError, Validated, id_is_safe};
-pub use scan::{PlainOpener, SpoolOpener};
+pub use scan::{Directory, PlainOpener, SpoolOpener};
 pub use status::{RETENTION_MS, RequestStatus, State, StatusError, StatusStore};
 
-use crate::policy::model::User;
 use crate::record::im;
 use crate::time::Timestamp;
-use scan::UserIndex;
+use scan::Users;
 
 /// The most skipped items listed in `request.json` (all are counted).
 pub const MAX_SKIPPED_LISTED: usize = 10_000;
@@ -63,8 +62,9 @@ pub const MAX_SKIPPED_LISTED: usize = 10_000;
 pub struct RequestContext<'a> {
     /// The spool roots to walk.
     pub spool_roots: Vec<PathBuf>,
-    /// The configured users (the company).
-    pub users: Vec<User>,
+    /// The configured users (the company): the snapshot in force, whose
+    /// indexes answer without the directory in memory.
+    pub users: &'a dyn Directory,
     /// Opens spool files, decrypting `.age` ones.
     pub opener: &'a dyn SpoolOpener,
     /// The fs target's root; the zip goes to `<output_dir>/compliance-exports/`.
@@ -240,8 +240,8 @@ pub fn run(
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, ComplianceError> {
     let v = req.validate()?;
-    let company = UserIndex::new(ctx.users.iter().enumerate());
-    let wanted = UserIndex::new(select::requested_users(req, &ctx.users)?);
+    let company = Users::all(ctx.users);
+    let wanted = select::requested_users(req, ctx.users)?;
     let dest = package::Destination::open(ctx, &req.request_id)?;
     let mut run = Run {
         skipped: Vec::new(),

@@ -12,8 +12,8 @@ use zip::write::SimpleFileOptions;
 
 use super::ComplianceError;
 use super::request::Format;
+use super::scan::Directory;
 use crate::export::layout::sanitize_component;
-use crate::policy::model::{User, normalize_extension};
 use crate::record::im::{Kind, Message, Participant};
 use crate::time::Timestamp;
 
@@ -194,7 +194,7 @@ impl Out {
     pub(crate) fn index(
         &mut self,
         convs: &[ConvMeta],
-        users: &[User],
+        users: &dyn Directory,
     ) -> Result<(), ComplianceError> {
         match self.format {
             Format::Glip => {
@@ -310,29 +310,16 @@ fn slack_message(conv: &ConvMeta, p: &Post) -> Value {
     v
 }
 
-fn configured<'a>(p: &Participant, users: &'a [User]) -> Option<&'a User> {
-    users.iter().find(|u| {
-        u.id == p.id
-            || (!p.address.is_empty()
-                && (normalize_extension(&u.email) == normalize_extension(&p.address)
-                    || u.extensions
-                        .iter()
-                        .any(|e| normalize_extension(e) == normalize_extension(&p.address))))
-    })
-}
-
-fn email_of(p: &Participant, users: &[User]) -> Option<String> {
-    if let Some(u) = configured(p, users) {
-        if !u.email.is_empty() {
-            return Some(u.email.clone());
-        }
+fn email_of(p: &Participant, users: &dyn Directory) -> Option<String> {
+    if let Some(m) = users.mail_of(&p.id, &p.address) {
+        return Some(m);
     }
     let a = p.address.trim();
     let a = a.strip_prefix("mailto:").unwrap_or(a);
     (a.contains('@') && !a.contains(':')).then(|| a.to_string())
 }
 
-fn glip_conv(c: &ConvMeta, users: &[User]) -> Value {
+fn glip_conv(c: &ConvMeta, users: &dyn Directory) -> Value {
     let members: Vec<Value> = c
         .participants
         .iter()
@@ -388,7 +375,7 @@ fn slack_conv(c: &ConvMeta) -> Value {
     }
 }
 
-fn slack_users(convs: &[ConvMeta], users: &[User]) -> Vec<Value> {
+fn slack_users(convs: &[ConvMeta], users: &dyn Directory) -> Vec<Value> {
     let mut seen: BTreeMap<&str, &Participant> = BTreeMap::new();
     for c in convs {
         for p in &c.participants {

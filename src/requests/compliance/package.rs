@@ -152,7 +152,7 @@ fn write_zip(
     for (path, rec) in &grouped.others {
         other_list.push(write_other(req, run, &mut out, path, rec, &mut counts)?);
     }
-    out.index(&metas, &ctx.users)?;
+    out.index(&metas, ctx.users)?;
     let cov = coverage(v.from, v.to, range);
     out.request_json(&request_json(
         req, ctx.now, range, &cov, &counts, run, other_list,

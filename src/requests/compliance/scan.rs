@@ -4,7 +4,7 @@
 //! Walking the spool roots, reading metadata through the caller's opener,
 //! and matching records to configured users.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -149,49 +149,131 @@ pub(crate) fn load_record(opener: &dyn SpoolOpener, path: &Path) -> Result<Recor
     record::parse(&bytes).map_err(|e| e.to_string())
 }
 
-/// Configured users, indexed by id, mail address and normalised extension.
-#[derive(Debug, Default)]
-pub(crate) struct UserIndex {
-    ids: HashMap<String, usize>,
-    keys: HashMap<String, usize>,
+/// The configured users (the company), asked about one key at a time: the
+/// snapshot in force answers from its mapped indexes (nothing per user held
+/// in memory); a list answers by a walk (small models, tests).
+pub trait Directory: Sync {
+    /// Whether a configured user that `key` names passes `pick` (given the
+    /// user's id): the user with this id (`key` trimmed), the user holding
+    /// it as a recorded extension, the users with it as mail address (both
+    /// after normalisation). Empty keys name nobody.
+    fn any_named(&self, key: &str, pick: &mut dyn FnMut(&str) -> bool) -> bool;
+
+    /// The configured mail address of the user a participant is: by its id,
+    /// else by its address as an extension or a mail address.
+    fn mail_of(&self, id: &str, address: &str) -> Option<String>;
+
+    /// Whether a user with this id is configured.
+    fn has_id(&self, id: &str) -> bool;
 }
 
-impl UserIndex {
-    pub(crate) fn new<'a>(users: impl IntoIterator<Item = (usize, &'a User)>) -> UserIndex {
-        let mut ix = UserIndex::default();
-        for (i, u) in users {
-            ix.ids.insert(u.id.clone(), i);
-            if !u.email.trim().is_empty() {
-                ix.keys.insert(normalize_extension(&u.email), i);
-            }
-            for e in &u.extensions {
-                ix.keys.insert(normalize_extension(e), i);
-            }
+impl Directory for crate::policy::snapshot::Snapshot {
+    fn any_named(&self, key: &str, pick: &mut dyn FnMut(&str) -> bool) -> bool {
+        if key.trim().is_empty() {
+            return false;
         }
-        ix
+        let by_id = self.user_by_id(key.trim()).is_some_and(|u| pick(u.id));
+        let r = by_id
+            || self.lookup(key).is_some_and(|u| pick(u.id))
+            || self.users_by_mail(key, &mut |u| pick(u.id));
+        self.release_pages();
+        r
     }
 
-    /// A recorded extension, address or id.
-    pub(crate) fn by_key(&self, raw: &str) -> Option<usize> {
-        if raw.trim().is_empty() {
-            return None;
+    fn mail_of(&self, id: &str, address: &str) -> Option<String> {
+        let mut mail = self.user_by_id(id).map(|u| u.email.to_string());
+        if mail.is_none() && !address.trim().is_empty() {
+            mail = self.lookup(address).map(|u| u.email.to_string());
+            if mail.is_none() {
+                self.users_by_mail(address, &mut |u| {
+                    mail = Some(u.email.to_string());
+                    true
+                });
+            }
         }
-        self.ids
-            .get(raw.trim())
-            .or_else(|| self.keys.get(&normalize_extension(raw)))
-            .copied()
+        self.release_pages();
+        mail.filter(|m| !m.is_empty())
     }
 
-    /// A participant, by id, then address.
-    pub(crate) fn participant(&self, p: &Participant) -> Option<usize> {
-        self.by_key(&p.id).or_else(|| self.by_key(&p.address))
+    fn has_id(&self, id: &str) -> bool {
+        let r = self.user_by_id(id).is_some();
+        self.release_pages();
+        r
+    }
+}
+
+impl Directory for Vec<User> {
+    fn any_named(&self, key: &str, pick: &mut dyn FnMut(&str) -> bool) -> bool {
+        if key.trim().is_empty() {
+            return false;
+        }
+        let n = normalize_extension(key);
+        self.iter()
+            .filter(|u| {
+                u.id == key.trim()
+                    || (!n.is_empty()
+                        && (normalize_extension(&u.email) == n
+                            || u.extensions.iter().any(|e| normalize_extension(e) == n)))
+            })
+            .any(|u| pick(&u.id))
+    }
+
+    fn mail_of(&self, id: &str, address: &str) -> Option<String> {
+        let n = normalize_extension(address);
+        self.iter()
+            .find(|u| u.id == id)
+            .or_else(|| {
+                (!n.is_empty()).then(|| {
+                    self.iter()
+                        .find(|u| u.extensions.iter().any(|e| normalize_extension(e) == n))
+                        .or_else(|| self.iter().find(|u| normalize_extension(&u.email) == n))
+                })?
+            })
+            .map(|u| u.email.clone())
+            .filter(|m| !m.is_empty())
+    }
+
+    fn has_id(&self, id: &str) -> bool {
+        self.iter().any(|u| u.id == id)
+    }
+}
+
+/// Some of the configured users (those a request names), or all of them.
+pub(crate) struct Users<'a> {
+    dir: &'a dyn Directory,
+    only: Option<HashSet<&'a str>>,
+}
+
+impl<'a> Users<'a> {
+    /// Every configured user (the company).
+    pub(crate) fn all(dir: &'a dyn Directory) -> Users<'a> {
+        Users { dir, only: None }
+    }
+
+    /// The users with these ids (all of them configured).
+    pub(crate) fn only(dir: &'a dyn Directory, ids: &'a [String]) -> Users<'a> {
+        Users {
+            dir,
+            only: Some(ids.iter().map(String::as_str).collect()),
+        }
+    }
+
+    /// Whether a recorded extension, address or id is one of the users'.
+    pub(crate) fn by_key(&self, raw: &str) -> bool {
+        let only = &self.only;
+        self.dir
+            .any_named(raw, &mut |id| only.as_ref().is_none_or(|s| s.contains(id)))
+    }
+
+    /// Whether a participant is one of the users, by id, then address.
+    pub(crate) fn participant(&self, p: &Participant) -> bool {
+        self.by_key(&p.id) || self.by_key(&p.address)
     }
 
     /// Whether the record belongs to one of the users: its recorded extension,
     /// or any of its participants.
     pub(crate) fn record(&self, r: &Record) -> bool {
-        self.by_key(&r.recorded_extension).is_some()
-            || r.participants.iter().any(|p| self.participant(p).is_some())
+        self.by_key(&r.recorded_extension) || r.participants.iter().any(|p| self.participant(p))
     }
 }
 

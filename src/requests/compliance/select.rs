@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::scan::{self, UserIndex};
+use super::scan::{self, Directory, Users};
 use super::{ComplianceError, ExportRequest, RequestContext, Run, Validated, transcript_xml};
-use crate::policy::model::User;
 use crate::record::im::{self, Header, Kind};
 use crate::record::{FileRef, FileRole, Record};
 use crate::time::Timestamp;
@@ -29,25 +28,19 @@ pub(super) struct ConvBuild {
     pub(super) recorded_by_company: bool,
 }
 
-/// The users a request names (all configured users when it names none), by
-/// their index among the configured users; an unknown one fails the export.
-pub(super) fn requested_users<'u>(
-    req: &ExportRequest,
-    users: &'u [User],
-) -> Result<Vec<(usize, &'u User)>, ComplianceError> {
+/// The users a request names (all configured users when it names none); an
+/// unknown one fails the export.
+pub(super) fn requested_users<'a>(
+    req: &'a ExportRequest,
+    dir: &'a dyn Directory,
+) -> Result<Users<'a>, ComplianceError> {
     match &req.users {
-        None => Ok(users.iter().enumerate().collect()),
+        None => Ok(Users::all(dir)),
         Some(ids) => {
-            let mut out = Vec::new();
-            for id in ids {
-                match users.iter().position(|u| &u.id == id) {
-                    Some(i) => out.push((i, &users[i])),
-                    None => {
-                        return Err(ComplianceError::UnknownUser(id.chars().take(128).collect()));
-                    }
-                }
+            if let Some(id) = ids.iter().find(|id| !dir.has_id(id)) {
+                return Err(ComplianceError::UnknownUser(id.chars().take(128).collect()));
             }
-            Ok(out)
+            Ok(Users::only(dir, ids))
         }
     }
 }
@@ -71,7 +64,7 @@ pub(super) struct Scanned {
 pub(super) fn scan(
     ctx: &RequestContext<'_>,
     v: &Validated,
-    wanted: &UserIndex,
+    wanted: &Users<'_>,
     run: &mut Run<'_, '_>,
 ) -> Scanned {
     let mut files = Vec::new();
@@ -130,7 +123,7 @@ pub(super) struct Grouped {
 /// records by conversation and keeps the conversations the company owns.
 pub(super) fn group(
     kept: Vec<(PathBuf, Record)>,
-    company: &UserIndex,
+    company: &Users<'_>,
     run: &mut Run<'_, '_>,
 ) -> Grouped {
     let mut convs: BTreeMap<String, ConvBuild> = BTreeMap::new();
@@ -145,7 +138,7 @@ pub(super) fn group(
         let Some((tpath, header)) = read_header(run, &rec, &dir, tf) else {
             continue;
         };
-        let by_company = company.by_key(&rec.recorded_extension).is_some();
+        let by_company = company.by_key(&rec.recorded_extension);
         let source = Source {
             record_id: rec.id.clone(),
             transcript: tpath,
@@ -235,21 +228,18 @@ fn merge_header(into: &mut Header, header: Header) {
 
 /// The ownership rule: team and group conversations only when their owner
 /// is a configured user; direct conversations whenever one side is.
-fn owned(c: &ConvBuild, company: &UserIndex) -> bool {
+fn owned(c: &ConvBuild, company: &Users<'_>) -> bool {
     let h = &c.header;
     match h.kind {
         Kind::Team | Kind::Group => {
             !h.owner.is_empty()
-                && (company.by_key(&h.owner).is_some()
+                && (company.by_key(&h.owner)
                     || h.participants
                         .iter()
-                        .any(|p| p.id == h.owner && company.participant(p).is_some()))
+                        .any(|p| p.id == h.owner && company.participant(p)))
         }
         Kind::Direct => {
-            c.recorded_by_company
-                || h.participants
-                    .iter()
-                    .any(|p| company.participant(p).is_some())
+            c.recorded_by_company || h.participants.iter().any(|p| company.participant(p))
         }
     }
 }
