@@ -124,6 +124,82 @@ fn request_submit_and_status() {
     assert_eq!(a.cmd(&["audit", "verify"]).status.code(), Some(0));
 }
 
+/// `request submit` answers from the snapshot of the model in force without
+/// touching the daemon's `snapshot.bin`: compiled privately when there is
+/// none or it is stale (and nothing left behind), opened when current.
+#[test]
+fn request_submit_uses_the_snapshot_and_leaves_the_daemons_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let a = im_appliance();
+    let snap = a.state.join("snapshot.bin");
+    let submit = |id: &str, user: &str| {
+        let req = a.dir.path().join(format!("{id}.json"));
+        fs::write(
+            &req,
+            format!(
+                r#"{{"request_id": "{id}", "time_from": "2026-11-01T00:00:00Z", "time_to": "2026-11-30T00:00:00Z", "target": "t0", "users": ["{user}"], "modalities": ["im"]}}"#
+            ),
+        )
+        .unwrap();
+        a.cmd_with(&["request", "submit"], &[req.to_str().unwrap()])
+    };
+    let leftovers = || -> Vec<String> {
+        fs::read_dir(&a.state)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".tmp") || n.starts_with(".intake"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // No snapshot yet: compiled into a private file, which is removed.
+    let out = submit("r-1", "u-1");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!snap.exists(), "the daemon's snapshot.bin is not written");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    assert!(a.targets[0].join("compliance-exports/r-1.zip").exists());
+
+    // The daemon's snapshot, current: opened, not replaced.
+    assert_eq!(a.run_until_idle().status.code(), Some(0));
+    let ino = fs::metadata(&snap).unwrap().ino();
+    let out = submit("r-2", "u-1");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::metadata(&snap).unwrap().ino(), ino);
+
+    // A user added to the config: snapshot.bin is stale, the request sees
+    // the model in force (u-2) and still leaves the file to the daemon.
+    let mut c = fs::read_to_string(&a.config).unwrap();
+    c.push_str(&user("u-2", &["+12125550177"], &["p-chat"]));
+    a.write_config(&c);
+    let out = submit("r-3", "u-2");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::metadata(&snap).unwrap().ino(), ino);
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    let out = submit("r-4", "u-3");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"u-3\" is not a configured user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn pubkey(prefix: &std::path::Path) -> String {
     fs::read_to_string(prefix.with_extension("pub"))
         .unwrap()
