@@ -200,6 +200,148 @@ fn request_submit_uses_the_snapshot_and_leaves_the_daemons_alone() {
     );
 }
 
+/// A running daemon answers an export request from the snapshot in force
+/// with its users delta beside it: a user the delta adds is accepted, and
+/// its record is found by the user's mail address (the mail index through
+/// the overlay); a user of the inline model the bundle replaced is refused.
+#[test]
+fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
+    let a = Appliance::new(1);
+    let key = a.dir.path().join("central");
+    let out = std::process::Command::new(exe())
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut c = a.head(1);
+    c.push_str(&format!(
+        "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
+        pubkey(&key)
+    ));
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+    // A chat recorded under Carol's mail address (no extension of hers).
+    let transcript = TRANSCRIPT
+        .replace("c-77", "c-carol")
+        .replace("u-1@corp.example", "carol@corp.example");
+    let mut r = Rec::voice("im-carol", "Carol@Corp.Example");
+    r.modality = "im".into();
+    r.platform = "symphony".into();
+    r.files = vec![(
+        "transcript".into(),
+        "im-carol.im".into(),
+        transcript.into_bytes(),
+    )];
+    r.write(&a.spool.join("2026/11/21"));
+    let _d = a.spawn();
+
+    let sign = |name: &str, kind: &str, payload: String| -> std::path::PathBuf {
+        let p = a.dir.path().join(format!("{name}.payload.json"));
+        fs::write(&p, payload).unwrap();
+        let b = a.dir.path().join(format!("{name}.bundle.json"));
+        let s = std::process::Command::new(exe())
+            .args(["bundle", "sign", "--key"])
+            .arg(key.with_extension("key"))
+            .args(["--keyid", "central", "--type", kind])
+            .arg(&p)
+            .arg("--out")
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        b
+    };
+    let inbox = a.state.join("inbox");
+    let push = |b: &std::path::Path, name: &str| {
+        fs::copy(b, inbox.join(format!(".{name}.tmp"))).unwrap();
+        fs::rename(inbox.join(format!(".{name}.tmp")), inbox.join(name)).unwrap();
+    };
+    let full = sign(
+        "v1",
+        "config",
+        format!(
+            r#"{{"version": 1, "targets": [{{"id": "t0", "kind": "fs", "path": "{}"}}],
+               "policies": [{{"id": "p", "name": "P", "targets": ["t0"]}}],
+               "users": [{{"id": "u-2", "email": "bob@corp.example", "extensions": ["200"], "policies": ["p"]}}]}}"#,
+            a.targets[0].display()
+        ),
+    );
+    push(&full, "0001.json");
+    wait_for(Duration::from_secs(20), || {
+        inbox.join("accepted/0001.json").exists()
+    });
+    let delta = sign(
+        "v2",
+        "users-delta",
+        r#"{"version": 2, "base_version": 1, "upsert": [{"id": "u-3", "name": "Carol", "email": "carol@corp.example", "extensions": ["300"], "policies": ["p"]}]}"#.into(),
+    );
+    push(&delta, "0002.json");
+    wait_for(Duration::from_secs(20), || {
+        inbox.join("accepted/0002.json").exists()
+    });
+    let request = |id: &str, user: &str| {
+        format!(
+            r#"{{"request_id": "{id}", "time_from": "2026-11-01T00:00:00Z", "time_to": "2026-11-30T00:00:00Z", "target": "t0", "users": ["{user}"], "modalities": ["im"]}}"#
+        )
+    };
+    push(
+        &sign("r1", "export-request", request("r-carol", "u-3")),
+        "0003.json",
+    );
+    let status = |id: &str| -> serde_json::Value {
+        fs::read(a.state.join(format!("requests/{id}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(30), || {
+        matches!(
+            status("r-carol")["status"].as_str(),
+            Some("Completed" | "Failed")
+        )
+    });
+    assert_eq!(
+        status("r-carol")["status"],
+        "Completed",
+        "{}",
+        status("r-carol")
+    );
+    let zip_path = a.targets[0].join("compliance-exports/r-carol.zip");
+    let mut z = zip::ZipArchive::new(fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut users = String::new();
+    z.by_name("People_And_Groups/users.json")
+        .unwrap()
+        .read_to_string(&mut users)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&users).unwrap();
+    assert_eq!(v[0]["id"], "c-carol", "{v}");
+    let emails: Vec<&str> = v[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["email"].as_str())
+        .collect();
+    assert!(emails.contains(&"carol@corp.example"), "{v}");
+
+    // u-1 was the inline model's: not in force since the bundle.
+    push(
+        &sign("r2", "export-request", request("r-old", "u-1")),
+        "0004.json",
+    );
+    wait_for(Duration::from_secs(30), || {
+        status("r-old")["status"].as_str() == Some("Failed")
+    });
+    assert!(
+        status("r-old")["reason"]
+            .to_string()
+            .contains("not a configured user"),
+        "{}",
+        status("r-old")
+    );
+}
+
 fn pubkey(prefix: &std::path::Path) -> String {
     fs::read_to_string(prefix.with_extension("pub"))
         .unwrap()
