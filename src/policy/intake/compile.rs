@@ -188,40 +188,17 @@ impl Compiler {
         self.blob.flush().map_err(werr)?;
         self.offsets.flush().map_err(io_err("writing", &dir))?;
         let mut dups = Duplicates::new();
-        let ids = std::mem::replace(&mut self.ids, Sorter::new(&dir, "none"));
         // The id index, in the sorted order of the ids, while duplicates
-        // are looked for.
-        let ids_path = dir.join("users.ids");
-        let mut index = BufWriter::with_capacity(
-            64 << 10,
-            File::create(&ids_path).map_err(io_err("creating", &ids_path))?,
-        );
-        for e in ids.finish().map_err(io_err("sorting in", &dir))? {
-            let e = e.map_err(io_err("sorting in", &dir))?;
-            if dups.check(&e).is_some() && !e.key.is_empty() {
-                self.problems
-                    .push(format!("user id {:?} is defined twice", e.key));
+        // are looked for; then the mail index.
+        let ids = std::mem::replace(&mut self.ids, Sorter::new(&dir, "none"));
+        let problems = &mut self.problems;
+        write_index(ids, &dir, "users.ids", |e| {
+            if dups.check(e).is_some() && !e.key.is_empty() {
+                problems.push(format!("user id {:?} is defined twice", e.key));
             }
-            index
-                .write_all(&id_entry(e.hash, e.user))
-                .map_err(io_err("writing", &ids_path))?;
-        }
-        index.flush().map_err(io_err("writing", &ids_path))?;
-        drop(index);
+        })?;
         let mails = std::mem::replace(&mut self.mails, Sorter::new(&dir, "none"));
-        let mails_path = dir.join("users.mails");
-        let mut index = BufWriter::with_capacity(
-            64 << 10,
-            File::create(&mails_path).map_err(io_err("creating", &mails_path))?,
-        );
-        for e in mails.finish().map_err(io_err("sorting in", &dir))? {
-            let e = e.map_err(io_err("sorting in", &dir))?;
-            index
-                .write_all(&id_entry(e.hash, e.user))
-                .map_err(io_err("writing", &mails_path))?;
-        }
-        index.flush().map_err(io_err("writing", &mails_path))?;
-        drop(index);
+        write_index(mails, &dir, "users.mails", |_| {})?;
         let stats = Stats {
             version: self.version,
             users: u64::from(self.n_users),
@@ -316,6 +293,29 @@ impl Compiler {
         }
         strs.flush().map_err(serr)
     }
+}
+
+/// Writes the sorted entries of `sorter` as `[u64 hash][u32 user]` index
+/// entries to `dir/name`, showing each to `check` first.
+fn write_index(
+    sorter: Sorter,
+    dir: &Path,
+    name: &str,
+    mut check: impl FnMut(&Entry),
+) -> Result<(), IntakeError> {
+    let path = dir.join(name);
+    let mut index = BufWriter::with_capacity(
+        64 << 10,
+        File::create(&path).map_err(io_err("creating", &path))?,
+    );
+    for e in sorter.finish().map_err(io_err("sorting in", dir))? {
+        let e = e.map_err(io_err("sorting in", dir))?;
+        check(&e);
+        index
+            .write_all(&id_entry(e.hash, e.user))
+            .map_err(io_err("writing", &path))?;
+    }
+    index.flush().map_err(io_err("writing", &path))
 }
 
 fn too_large() -> IntakeError {

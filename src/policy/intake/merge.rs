@@ -478,6 +478,34 @@ fn write_merged(
     Ok(n_ext)
 }
 
+/// Reads an index of `n` `[u64 hash][u32 user]` entries at `at` of the old
+/// snapshot and calls `f(hash, old user, renumbered user)` for each entry of
+/// a user that is kept, in file order.
+fn kept_entries(
+    f: &File,
+    at: u64,
+    n: u64,
+    dead: &[(u64, u64)],
+    mut each: impl FnMut(u64, u64, u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut idx = At::new(f, at);
+    let mut e = [0u8; ID_ENTRY];
+    for _ in 0..n {
+        idx.exact(&mut e)?;
+        let hash = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+        let user = u64::from(u32::from_le_bytes(e[8..].try_into().unwrap_or_default()));
+        if dead.binary_search_by_key(&user, |d| d.0).is_ok() {
+            continue;
+        }
+        each(
+            hash,
+            user,
+            user - dead.partition_point(|d| d.0 < user) as u64,
+        )?;
+    }
+    Ok(())
+}
+
 /// The id index: the entries of the old users kept (renumbered), merged
 /// with the delta's, in the order a compile writes them (hash, then id).
 fn write_ids(
@@ -488,16 +516,8 @@ fn write_ids(
     w: &mut impl Write,
 ) -> io::Result<()> {
     let put = |w: &mut dyn Write, hash: u64, user: u64| w.write_all(&id_entry(hash, user as u32));
-    let mut idx = At::new(f, lay.ids_at);
     let mut ni = 0;
-    let mut e = [0u8; ID_ENTRY];
-    for _ in 0..lay.n_users {
-        idx.exact(&mut e)?;
-        let hash = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-        let user = u64::from(u32::from_le_bytes(e[8..].try_into().unwrap_or_default()));
-        if dead.binary_search_by_key(&user, |d| d.0).is_ok() {
-            continue;
-        }
+    kept_entries(f, lay.ids_at, lay.n_users, dead, |hash, user, renum| {
         // Equal hashes (a collision) are ordered by id: read the old one.
         let first =
             |n: &(u64, String, u32)| n.0 < hash || (n.0 == hash && n.1 < owner_id(f, lay, user));
@@ -505,8 +525,8 @@ fn write_ids(
             put(w, new.ids[ni].0, u64::from(new.ids[ni].2))?;
             ni += 1;
         }
-        put(w, hash, user - dead.partition_point(|d| d.0 < user) as u64)?;
-    }
+        put(w, hash, renum)
+    })?;
     for n in &new.ids[ni..] {
         put(w, n.0, u64::from(n.2))?;
     }
@@ -523,24 +543,15 @@ fn write_mails(
     new: &NewUsers,
     w: &mut impl Write,
 ) -> io::Result<u64> {
-    let mut idx = At::new(f, lay.mails_at);
     let (mut ni, mut n) = (0, 0u64);
-    let mut e = [0u8; ID_ENTRY];
-    for _ in 0..lay.n_mail {
-        idx.exact(&mut e)?;
-        let hash = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-        let user = u64::from(u32::from_le_bytes(e[8..].try_into().unwrap_or_default()));
-        if dead.binary_search_by_key(&user, |d| d.0).is_ok() {
-            continue;
-        }
+    kept_entries(f, lay.mails_at, lay.n_mail, dead, |hash, _, renum| {
         while ni < new.mails.len() && new.mails[ni].0 < hash {
             w.write_all(&id_entry(new.mails[ni].0, new.mails[ni].1))?;
             (ni, n) = (ni + 1, n + 1);
         }
-        let renum = user - dead.partition_point(|d| d.0 < user) as u64;
-        w.write_all(&id_entry(hash, renum as u32))?;
         n += 1;
-    }
+        w.write_all(&id_entry(hash, renum as u32))
+    })?;
     for m in &new.mails[ni..] {
         w.write_all(&id_entry(m.0, m.1))?;
         n += 1;
