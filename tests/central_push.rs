@@ -1078,7 +1078,7 @@ fn a_rejected_central_bundle_is_not_refetched_in_a_loop() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut d = Daemon { child: Some(child) };
+    let mut d = Daemon::new(child);
     std::thread::sleep(Duration::from_secs(3));
     d.signal("TERM");
     let t = Instant::now();

@@ -170,9 +170,7 @@ fn a_short_write_on_the_audit_file_is_cut_off_and_written_again_once() {
             ("FAULT_LOG", faults.to_str().unwrap()),
         ],
     );
-    let mut d = Daemon {
-        child: Some(cmd.spawn().unwrap()),
-    };
+    let mut d = Daemon::new(cmd.spawn().unwrap());
     wait_until(
         "a short write and ENOSPC on the audit file",
         Duration::from_secs(30),
@@ -274,9 +272,7 @@ fn a_failed_journal_fdatasync_is_cut_back_and_every_copy_is_journaled_once() {
             ("FAULT_LOG", faults.to_str().unwrap()),
         ],
     );
-    let mut d = Daemon {
-        child: Some(cmd.spawn().unwrap()),
-    };
+    let mut d = Daemon::new(cmd.spawn().unwrap());
     wait_until(
         "every record exported",
         Duration::from_secs(60),

@@ -271,9 +271,7 @@ fn transient_read_errors_are_retried_with_one_row_per_outage() {
                 ("FAULT_CONTROL", control_s.as_str()),
             ],
         );
-        let mut d = Daemon {
-            child: Some(cmd.spawn().unwrap()),
-        };
+        let mut d = Daemon::new(cmd.spawn().unwrap());
         wait_until("daemon up", Duration::from_secs(30), &log, || {
             a.state.join("status.json").exists()
         });

@@ -42,7 +42,7 @@ fn notify_ready_status_watchdog_and_a_stalled_loop() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut d = Daemon { child: Some(child) };
+    let mut d = Daemon::new(child);
     let mut msgs: Vec<(Instant, String)> = Vec::new();
     let recv_for = |dur: Duration, msgs: &mut Vec<(Instant, String)>| {
         let t0 = Instant::now();
@@ -497,7 +497,7 @@ fn degraded_modes_show_in_status_metrics_and_the_notify_status() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut d = Daemon { child: Some(child) };
+    let mut d = Daemon::new(child);
     let mut buf = [0u8; 1024];
     let t0 = Instant::now();
     let line = loop {

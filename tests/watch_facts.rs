@@ -34,6 +34,19 @@ fn leases_work(a: &Appliance) -> bool {
     false
 }
 
+/// The daemon, its log at debug level in a file: a failure (in a lane
+/// above all) prints what it decided about each file and record.
+fn spawn_debug(a: &Appliance) -> Daemon {
+    let d = a.spawn_logged_env(
+        &a.dir.path().join("daemon.log"),
+        &[("EXPORTD_LOG", "debug")],
+    );
+    wait_for(Duration::from_secs(30), || {
+        a.state.join("status.json").exists()
+    });
+    d
+}
+
 fn config(a: &Appliance) -> String {
     let mut c = a.head(600);
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
@@ -76,7 +89,7 @@ fn a_record_in_a_folder_moved_in_with_a_future_mtime_is_exported_at_once() {
         return;
     }
     a.write_config(&config(&a));
-    let mut d = a.spawn();
+    let mut d = spawn_debug(&a);
     let stage = staged(&a, "ahead");
     let rec = Rec::voice("ahead", "100");
     rec.write(&stage);
@@ -109,7 +122,7 @@ fn a_file_still_open_for_writing_in_a_moved_in_folder_is_waited_for() {
         return;
     }
     a.write_config(&config(&a));
-    let mut d = a.spawn();
+    let mut d = spawn_debug(&a);
     let stage = staged(&a, "open");
     let (mut f, body) = half_written(&stage, "open");
     fs::rename(&stage, a.spool.join("open")).unwrap();
@@ -145,7 +158,7 @@ fn a_file_open_for_writing_when_the_agent_starts_is_waited_for() {
     let dir = a.spool.join("at-start");
     fs::create_dir_all(&dir).unwrap();
     let (mut f, body) = half_written(&dir, "atstart");
-    let mut d = a.spawn();
+    let mut d = spawn_debug(&a);
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         !copy_of(&a, "atstart", "atstart.wav").exists(),

@@ -3,9 +3,11 @@
 //! each, commit. Writes rows and journal entries only through the
 //! [`Writer`], and never decides a record's meaning outside these steps.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::export::commit::{Writer, first_report, forget_report, rejected};
 use crate::export::copy::{CopyError, Metadata, copy_one};
@@ -341,6 +343,32 @@ fn needed_files(plans: &[Plan]) -> Vec<usize> {
     needed
 }
 
+/// Whether the file at `path` (not marked as being written) is open for
+/// writing, as `ask` (the kernel) says; if so it stays marked in `writing`,
+/// for its close event to clear.
+///
+/// Marked before it is asked, never after: the close event is handled by
+/// the watch room on another thread, and one handled between an answer
+/// "open" and the mark would find nothing to clear, leaving the mark (and
+/// the record waiting on it) for ever. Marked first, a close before the
+/// question gets the answer "closed" (and the mark is taken back); a close
+/// after it clears the mark, and the record is woken when it reports.
+fn mark_if_written(
+    writing: &Mutex<HashSet<PathBuf>>,
+    path: &Path,
+    ask: impl FnOnce() -> Writers,
+) -> bool {
+    let set = || writing.lock().unwrap_or_else(|p| p.into_inner());
+    let marked = set().insert(path.to_path_buf());
+    if ask() == Writers::Some {
+        return true;
+    }
+    if marked {
+        set().remove(path);
+    }
+    false
+}
+
 /// Step 3b: checks every needed file is there and closed; ends when some
 /// are missing, still being written, unreadable or refused.
 fn check_files(
@@ -370,14 +398,11 @@ fn check_files(
             // Open for writing somewhere (found before its creation was
             // seen, or a recorder breaking the order of spool.md): waited
             // for until its close event, never copied short.
-            Ok(file) if lease::writers(&file) == Writers::Some => {
-                ctx.writing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(path.clone());
-                being_written.push(path);
+            Ok(file) => {
+                if mark_if_written(&ctx.writing, &path, || lease::writers(&file)) {
+                    being_written.push(path);
+                }
             }
-            Ok(_) => {}
             Err(OpenError::Missing(p)) => missing.push(p),
             Err(e @ OpenError::Io { .. }) => {
                 return Ok(Step::End(w.outage(Some(rec), "source_unavailable", &e)?));
@@ -628,6 +653,34 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watch room handles a file's close event (it clears the mark)
+    /// while the kernel is being asked, after it answered "open": the mark
+    /// must not outlive the event, or the record would wait for ever.
+    #[test]
+    fn a_close_handled_while_the_kernel_is_asked_leaves_no_mark() {
+        let writing = Mutex::new(HashSet::new());
+        let p = Path::new("/spool/r/a.wav");
+        let closed_meanwhile = || {
+            writing.lock().unwrap().remove(p);
+            Writers::Some
+        };
+        assert!(mark_if_written(&writing, p, closed_meanwhile));
+        assert!(
+            !writing.lock().unwrap().contains(p),
+            "a mark set after the close event was handled"
+        );
+        // Open and not closed: marked, for the close event to clear.
+        assert!(mark_if_written(&writing, p, || Writers::Some));
+        assert!(writing.lock().unwrap().contains(p));
+        // Closed (or unknown): not marked; a mark the watch room set stays.
+        let other = Path::new("/spool/r/b.wav");
+        assert!(!mark_if_written(&writing, other, || Writers::None));
+        assert!(!mark_if_written(&writing, other, || Writers::Unknown));
+        assert!(!writing.lock().unwrap().contains(other));
+        assert!(!mark_if_written(&writing, p, || Writers::None));
+        assert!(writing.lock().unwrap().contains(p));
+    }
 
     #[test]
     fn target_failures_are_classified() {

@@ -175,7 +175,7 @@ impl Appliance {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child) };
+        let d = Daemon::new(child);
         // Ready when the status file exists.
         wait_for(Duration::from_secs(30), || {
             self.state.join("status.json").exists()
@@ -226,9 +226,18 @@ impl Appliance {
 /// A running daemon, SIGKILLed on drop.
 pub struct Daemon {
     pub child: Option<Child>,
+    /// The file its log goes to, if not its stderr pipe.
+    pub log: Option<PathBuf>,
 }
 
 impl Daemon {
+    /// A daemon started by the caller.
+    pub fn new(child: Child) -> Daemon {
+        Daemon {
+            child: Some(child),
+            log: None,
+        }
+    }
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -281,8 +290,30 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGKILL; when the test is failing, the daemon's log (its stderr, as
+    /// far as it was not read) is printed with the failure, so that a
+    /// failure seen only in a lane says what the daemon decided.
     fn drop(&mut self) {
-        self.kill9();
+        if !std::thread::panicking() {
+            self.kill9();
+            return;
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let mut log = Vec::new();
+            if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_end(&mut e, &mut log);
+            }
+            if let Some(f) = &self.log {
+                log = fs::read(f).unwrap_or_default();
+            }
+            let _ = c.wait();
+            eprintln!(
+                "--- the daemon's log (pid {}), tail ---\n{}\n--- end of the daemon's log ---",
+                c.id(),
+                tail(&String::from_utf8_lossy(&log), 8000)
+            );
+        }
     }
 }
 
@@ -511,7 +542,10 @@ impl Appliance {
             .stderr(Stdio::from(f))
             .spawn()
             .unwrap();
-        Daemon { child: Some(child) }
+        Daemon {
+            child: Some(child),
+            log: Some(log.to_path_buf()),
+        }
     }
 
     /// `exportd run --until-idle` with a longer timeout than [`Appliance::run_until_idle`].
