@@ -207,18 +207,9 @@ fn request_submit_uses_the_snapshot_and_leaves_the_daemons_alone() {
 #[test]
 fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     let a = Appliance::new(1);
-    let key = a.dir.path().join("central");
-    let out = std::process::Command::new(exe())
-        .arg("keygen")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let central = Central::new(&a);
     let mut c = a.head(1);
-    c.push_str(&format!(
-        "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
-        pubkey(&key)
-    ));
+    c.push_str(&central.trust());
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
     c.push_str(&user("u-1", &["100"], &["p"]));
     a.write_config(&c);
@@ -237,27 +228,9 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     r.write(&a.spool.join("2026/11/21"));
     let _d = a.spawn();
 
-    let sign = |name: &str, kind: &str, payload: String| -> std::path::PathBuf {
-        let p = a.dir.path().join(format!("{name}.payload.json"));
-        fs::write(&p, payload).unwrap();
-        let b = a.dir.path().join(format!("{name}.bundle.json"));
-        let s = std::process::Command::new(exe())
-            .args(["bundle", "sign", "--key"])
-            .arg(key.with_extension("key"))
-            .args(["--keyid", "central", "--type", kind])
-            .arg(&p)
-            .arg("--out")
-            .arg(&b)
-            .output()
-            .unwrap();
-        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-        b
-    };
     let inbox = a.state.join("inbox");
-    let push = |b: &std::path::Path, name: &str| {
-        fs::copy(b, inbox.join(format!(".{name}.tmp"))).unwrap();
-        fs::rename(inbox.join(format!(".{name}.tmp")), inbox.join(name)).unwrap();
-    };
+    let sign = |name: &str, kind: &str, payload: String| central.sign(name, kind, &payload);
+    let push = |b: &std::path::Path, name: &str| push(&a, b, name);
     let full = sign(
         "v1",
         "config",
@@ -342,6 +315,68 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     );
 }
 
+/// A central manager's signing key, made with `exportd keygen`, and what it
+/// signs with `exportd bundle sign`.
+struct Central {
+    dir: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Central {
+    fn new(a: &Appliance) -> Central {
+        let key = a.dir.path().join("central");
+        let out = std::process::Command::new(exe())
+            .arg("keygen")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Central {
+            dir: a.dir.path().to_path_buf(),
+            key,
+        }
+    }
+
+    /// The config's `[[trust]]` entry for this key (config and export roles).
+    fn trust(&self) -> String {
+        format!(
+            "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
+            pubkey(&self.key)
+        )
+    }
+
+    /// `payload` signed as a bundle of `kind`; the bundle's path.
+    fn sign(&self, name: &str, kind: &str, payload: &str) -> std::path::PathBuf {
+        let p = self.dir.join(format!("{name}.payload.json"));
+        fs::write(&p, payload).unwrap();
+        let b = self.dir.join(format!("{name}.bundle.json"));
+        let s = std::process::Command::new(exe())
+            .args(["bundle", "sign", "--key"])
+            .arg(self.key.with_extension("key"))
+            .args(["--keyid", "central", "--type", kind])
+            .arg(&p)
+            .arg("--out")
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        b
+    }
+}
+
+/// Drops a bundle into a running agent's inbox as `name` (written under a
+/// temp name, then renamed, as config.md asks).
+fn push(a: &Appliance, bundle: &std::path::Path, name: &str) {
+    let inbox = a.state.join("inbox");
+    let tmp = inbox.join(format!(".{name}.tmp"));
+    fs::copy(bundle, &tmp).unwrap();
+    fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
 fn pubkey(prefix: &std::path::Path) -> String {
     fs::read_to_string(prefix.with_extension("pub"))
         .unwrap()
@@ -352,51 +387,26 @@ fn pubkey(prefix: &std::path::Path) -> String {
 #[test]
 fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     let a = Appliance::new(1);
-    let key = a.dir.path().join("central");
-    let out = std::process::Command::new(exe())
-        .arg("keygen")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let central = Central::new(&a);
     let mut c = a.head(1);
-    c.push_str(&format!(
-        "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
-        pubkey(&key)
-    ));
+    c.push_str(&central.trust());
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
     c.push_str(&user("u-1", &["100"], &["p"]));
     a.write_config(&c);
     let _d = a.spawn();
 
     // Version 1 assigns extension 200 to a new user.
-    let payload = a.dir.path().join("v1.json");
-    fs::write(
-        &payload,
-        format!(
+    let bundle = central.sign(
+        "v1",
+        "config",
+        &format!(
             r#"{{"version": 1, "issued_at": "2026-11-25T10:00:00Z",
                "targets": [{{"id": "t0", "kind": "fs", "path": "{}"}}],
                "policies": [{{"id": "p", "name": "P", "targets": ["t0"]}}],
                "users": [{{"id": "u-2", "name": "Bob", "email": "bob@corp.example", "extensions": ["200"], "policies": ["p"]}}]}}"#,
             a.targets[0].display()
         ),
-    )
-    .unwrap();
-    let bundle = a.dir.path().join("v1.bundle.json");
-    let s = std::process::Command::new(exe())
-        .args(["bundle", "sign", "--key"])
-        .arg(key.with_extension("key"))
-        .args(["--keyid", "central", "--type", "config"])
-        .arg(&payload)
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    );
     let v = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
     assert_eq!(
         v.status.code(),
@@ -406,8 +416,7 @@ fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     );
 
     let inbox = a.state.join("inbox");
-    fs::copy(&bundle, inbox.join(".0001.json.tmp")).unwrap();
-    fs::rename(inbox.join(".0001.json.tmp"), inbox.join("0001.json")).unwrap();
+    push(&a, &bundle, "0001.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("accepted/0001.json").exists()
     });
@@ -419,8 +428,7 @@ fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     });
 
     // A replay of the same bundle is rejected, with a reason file and an audit row.
-    fs::copy(&bundle, inbox.join(".0002.json.tmp")).unwrap();
-    fs::rename(inbox.join(".0002.json.tmp"), inbox.join("0002.json")).unwrap();
+    push(&a, &bundle, "0002.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("rejected/0002.json.reason").exists()
     });
