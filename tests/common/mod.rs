@@ -299,6 +299,10 @@ impl Drop for Daemon {
             return;
         }
         if let Some(mut c) = self.child.take() {
+            let state = match c.try_wait() {
+                Ok(Some(st)) => format!("had exited ({st})"),
+                _ => "was running (SIGKILLed now)".to_string(),
+            };
             let _ = c.kill();
             let mut log = Vec::new();
             if let Some(mut e) = c.stderr.take() {
@@ -309,7 +313,7 @@ impl Drop for Daemon {
             }
             let _ = c.wait();
             eprintln!(
-                "--- the daemon's log (pid {}), tail ---\n{}\n--- end of the daemon's log ---",
+                "--- the daemon (pid {}) {state}; its log, tail ---\n{}\n--- end of the daemon's log ---",
                 c.id(),
                 tail(&String::from_utf8_lossy(&log), 8000)
             );
