@@ -147,6 +147,55 @@ fn a_file_still_open_for_writing_in_a_moved_in_folder_is_waited_for() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A content file deleted while it is still open for writing (a recorder
+/// that cancels it, keeping the XML) never gets a close event the agent
+/// can see (`IN_EXCL_UNLINK`): the record waiting on it is not left
+/// waiting for ever, but found incomplete and reported after the grace.
+#[test]
+fn a_file_deleted_while_open_for_writing_is_reported_missing() {
+    let a = Appliance::new(1);
+    if !leases_work(&a) {
+        return;
+    }
+    let mut c = a.head(1);
+    c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
+    c.push_str(&user("u-1", &["100"], &["p"]));
+    a.write_config(&c);
+    let mut d = spawn_debug(&a);
+    let stage = staged(&a, "gone");
+    let (f, _) = half_written(&stage, "gone");
+    let dir = a.spool.join("gone");
+    fs::rename(&stage, &dir).unwrap();
+    // Waiting on the open file (in the backlog, not incomplete: past the
+    // 1 s grace it is not reported missing, it is there).
+    wait_for(Duration::from_secs(30), || {
+        let st = status(&a);
+        st["backlog"] == 1 && st["counts"]["incomplete"] == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        a.rows_with("error").is_empty(),
+        "{:?}",
+        a.rows_with("error")
+    );
+    fs::remove_file(dir.join("gone.wav")).unwrap();
+    wait_for(Duration::from_secs(30), || !a.rows_with("error").is_empty());
+    let e = a.rows_with("error");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0][11], "incomplete", "{e:?}");
+    drop(f);
+    assert!(!copy_of(&a, "gone", "gone.xml").exists());
+    let (code, err) = d.stop();
+    assert_eq!(code, 0, "{err}");
+}
+
+fn status(a: &Appliance) -> serde_json::Value {
+    fs::read(a.state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_file_open_for_writing_when_the_agent_starts_is_waited_for() {
     // The startup scan cannot have seen the file's creation either.

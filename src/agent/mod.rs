@@ -466,6 +466,10 @@ impl Agent {
                     debug!(file = %p.display(), "content file closed");
                     self.schedule.file_complete(&p)
                 }
+                WatchOut::ContentGone(p) => {
+                    debug!(file = %p.display(), "content file deleted or moved away");
+                    self.schedule.file_complete(&p)
+                }
                 WatchOut::Forget(key) => {
                     self.schedule.settle(key);
                     self.forget_journal(key);

@@ -58,6 +58,10 @@ pub enum Then {
     RecordWritten,
     /// A content file is complete: records waiting for it go again.
     ContentComplete,
+    /// A content file was deleted or moved away: records waiting for it go
+    /// again (and find it missing). Its close event may never be seen: a
+    /// file unlinked while open has left the watched folder.
+    ContentGone,
 }
 
 /// The meaning of one file event.
@@ -93,7 +97,8 @@ pub fn file_event(f: Flags, name: &str) -> Meaning {
     };
     let then = match (gone, written, metadata) {
         (true, _, true) => Then::ForgetRecord,
-        (true, _, false) | (false, false, _) => Then::Nothing,
+        (true, _, false) => Then::ContentGone,
+        (false, false, _) => Then::Nothing,
         (false, true, true) => Then::RecordWritten,
         (false, true, false) => Then::ContentComplete,
     };
@@ -214,7 +219,11 @@ mod tests {
         );
         assert_eq!(
             file_event(DELETE, "a.wav"),
-            m(Writing::Ended, Then::Nothing)
+            m(Writing::Ended, Then::ContentGone)
+        );
+        assert_eq!(
+            file_event(MOVED_FROM, "a.wav"),
+            m(Writing::Ended, Then::ContentGone)
         );
         assert_eq!(
             file_event(NONE, "a.wav"),

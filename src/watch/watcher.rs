@@ -28,6 +28,9 @@ pub enum WatchOut {
     Found(XmlRef, Options),
     /// A content file is complete: records waiting for it go again.
     ContentComplete(PathBuf),
+    /// A content file was deleted or moved away: records waiting for it go
+    /// again (and find it missing).
+    ContentGone(PathBuf),
     /// A record's XML is gone: forget its version.
     Forget(PathKey),
     /// Something changed in the keys folder.
@@ -744,6 +747,12 @@ impl Watcher {
             Then::ContentComplete => {
                 self.uncertain.closed(&path);
                 self.complete(path);
+            }
+            Then::ContentGone => {
+                // Waiters go again and find it missing (reported after the
+                // grace), rather than wait for a close never seen.
+                self.uncertain.closed(&path);
+                self.out.push(WatchOut::ContentGone(path));
             }
         }
     }
