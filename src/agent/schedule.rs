@@ -448,8 +448,24 @@ impl Schedule {
     /// needs nothing more.
     pub fn settle(&mut self, key: PathKey) {
         self.info.remove(&key);
-        self.writing_wait.remove(&key);
-        self.incomplete.remove(&key);
+        // The files it waited for wait for it no more: a file that never
+        // shows up again (its folder deleted with the XML) would otherwise
+        // keep an entry for ever.
+        let mut files = Vec::new();
+        if let Some((_, f)) = self.writing_wait.remove(&key) {
+            files.extend(f);
+        }
+        if let Some(p) = self.incomplete.remove(&key) {
+            files.extend(p.missing);
+        }
+        for f in files {
+            if let Some(keys) = self.waiting_files.get_mut(&f) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.waiting_files.remove(&f);
+                }
+            }
+        }
         self.retry.remove(&key);
         self.blocked.remove(&key);
         self.failures.remove(&key);
@@ -825,6 +841,38 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A record settled (its XML deleted, or finished after a rescan)
+    /// while it waited for files leaves no entry behind for those files.
+    #[test]
+    fn a_settled_record_leaves_no_file_waiting_for_it() {
+        let mut s = Schedule::new(2, 300, false);
+        let run = |s: &mut Schedule, rep: Report| {
+            s.enqueue(rep.xml.clone(), Options::default());
+            s.dispatch(&mut |x, _| assert_eq!(x.key, rep.xml.key));
+            s.on_report(&rep, Options::default())
+        };
+        let w: PathBuf = "/s/w.wav".into();
+        let m: PathBuf = "/s/m.wav".into();
+        run(&mut s, report("w", Outcome::Writing(vec![w.clone()]), &[]));
+        let missing = Outcome::Incomplete {
+            missing: vec![m.clone()],
+            reported: false,
+        };
+        run(&mut s, report("m", missing, &[]));
+        run(
+            &mut s,
+            report("both", Outcome::Writing(vec![w.clone()]), &[]),
+        );
+        assert_eq!(s.waiting_files.len(), 2);
+        s.settle(xml("w").key);
+        s.settle(xml("m").key);
+        assert_eq!(s.waiting_files.len(), 1, "{:?}", s.waiting_files);
+        assert!(s.waiting_files[&w].contains(&xml("both").key));
+        s.settle(xml("both").key);
+        assert!(s.waiting_files.is_empty(), "{:?}", s.waiting_files);
+        assert!(s.idle());
     }
 
     #[test]
