@@ -10,64 +10,21 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 /// An appliance trusting a fresh `central` key (roles config, export), with
 /// user u-1 (extension 100) exporting to t0 under the local model.
-fn appliance() -> (Appliance, PathBuf) {
+fn appliance() -> (Appliance, Central) {
     let a = Appliance::new(1);
-    let key = a.dir.path().join("central");
-    let out = Command::new(exe())
-        .arg("keygen")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let central = Central::new(&a);
     let mut c = a.head(1);
-    c.push_str(&format!(
-        "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
-        public.trim()
-    ));
+    c.push_str(&central.trust());
     c.push_str("[[policies]]\nid = \"p\"\nname = \"P\"\ntargets = [\"t0\"]\n\n");
     c.push_str(&user("u-1", &["100"], &["p"]));
     a.write_config(&c);
-    (a, key)
-}
-
-/// Signs `payload` (a config model) with the central key.
-fn sign(a: &Appliance, key: &Path, name: &str, payload: &str) -> PathBuf {
-    let p = a.dir.path().join(format!("{name}.payload.json"));
-    fs::write(&p, payload).unwrap();
-    let bundle = a.dir.path().join(format!("{name}.bundle.json"));
-    let s = Command::new(exe())
-        .args(["bundle", "sign", "--key"])
-        .arg(key.with_extension("key"))
-        .args(["--keyid", "central", "--type", "config"])
-        .arg(&p)
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    bundle
-}
-
-/// Drops a bundle into the inbox the way a transport does (temp name, rename).
-fn drop_in(a: &Appliance, bundle: &Path, name: &str) {
-    let inbox = a.state.join("inbox");
-    fs::create_dir_all(&inbox).unwrap();
-    let tmp = inbox.join(format!(".{name}.tmp"));
-    fs::copy(bundle, &tmp).unwrap();
-    fs::rename(&tmp, inbox.join(name)).unwrap();
+    (a, central)
 }
 
 /// A version-1 model: u-2 (extension 200) exports to the given targets.
@@ -132,7 +89,7 @@ fn restart_keeps_the_old_model(a: &Appliance, d: &mut Daemon) {
 
 #[test]
 fn a_bundle_whose_s3_target_cannot_be_built_is_rejected_and_the_old_model_stays() {
-    let (a, key) = appliance();
+    let (a, central) = appliance();
     let mut d = a.spawn();
     let missing = a.dir.path().join("no-such-secret");
     let targets = format!(
@@ -142,7 +99,7 @@ fn a_bundle_whose_s3_target_cannot_be_built_is_rejected_and_the_old_model_stays(
         a.targets[0].display(),
         missing.display()
     );
-    let bundle = sign(&a, &key, "v1", &model(&targets, r#""t0", "s3x""#));
+    let bundle = central.sign("v1", "config", &model(&targets, r#""t0", "s3x""#));
     drop_in(&a, &bundle, "0001.json");
 
     let reason = rejection_reason(&a, "0001.json");
@@ -179,7 +136,7 @@ fn a_bundle_whose_s3_target_cannot_be_built_is_rejected_and_the_old_model_stays(
 
 #[test]
 fn a_bundle_whose_folder_target_is_the_spool_is_rejected() {
-    let (a, key) = appliance();
+    let (a, central) = appliance();
     let mut d = a.spawn();
     // The spool itself, a folder inside it, and a symbolic link to it.
     let link = a.dir.path().join("innocent");
@@ -194,7 +151,7 @@ fn a_bundle_whose_folder_target_is_the_spool_is_rejected() {
             r#"{{"id": "t9", "kind": "fs", "path": "{}"}}"#,
             path.display()
         );
-        let bundle = sign(&a, &key, name, &model(&targets, r#""t9""#));
+        let bundle = central.sign(name, "config", &model(&targets, r#""t9""#));
         // `bundle verify` says it would be rejected, for the same reason.
         let v = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
         let vout = String::from_utf8_lossy(&v.stdout);
@@ -236,25 +193,6 @@ fn a_local_target_reaching_the_spool_through_a_symlink_is_refused_at_start() {
     assert_eq!(tree_state(&a.spool), before, "the spool is never written");
 }
 
-/// Signs a users-delta payload with the central key (`exportd bundle sign
-/// --type users-delta`).
-fn sign_delta(a: &Appliance, key: &Path, name: &str, payload: &str) -> PathBuf {
-    let p = a.dir.path().join(format!("{name}.payload.json"));
-    fs::write(&p, payload).unwrap();
-    let bundle = a.dir.path().join(format!("{name}.bundle.json"));
-    let s = Command::new(exe())
-        .args(["bundle", "sign", "--key"])
-        .arg(key.with_extension("key"))
-        .args(["--keyid", "central", "--type", "users-delta"])
-        .arg(&p)
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    bundle
-}
-
 fn skip_code(a: &Appliance, id: &str) -> Option<String> {
     a.rows_with("skip")
         .into_iter()
@@ -264,7 +202,7 @@ fn skip_code(a: &Appliance, id: &str) -> Option<String> {
 
 #[test]
 fn a_delta_in_a_running_agent_removes_a_user_whose_record_is_pending() {
-    let (a, key) = appliance();
+    let (a, central) = appliance();
     // A long grace: a record whose media file is missing stays pending.
     let cfg = fs::read_to_string(&a.config)
         .unwrap()
@@ -279,7 +217,7 @@ fn a_delta_in_a_running_agent_removes_a_user_whose_record_is_pending() {
         r#""policies": ["p"]}]}"#,
         r#""policies": ["p"]}, {"id": "u-3", "extensions": ["300"], "policies": ["p"]}]}"#,
     );
-    drop_in(&a, &sign(&a, &key, "v1", &v1), "0001.json");
+    drop_in(&a, &central.sign("v1", "config", &v1), "0001.json");
     wait_for(Duration::from_secs(20), || version_in_force(&a) == "1");
 
     // u-3's record is seen under version 1 but waits for its media file.
@@ -291,7 +229,7 @@ fn a_delta_in_a_running_agent_removes_a_user_whose_record_is_pending() {
     let delta = r#"{"version": 2, "base_version": 1,
         "upsert": [{"id": "u-4", "name": "Dan", "extensions": ["400"], "policies": ["p"]}],
         "remove": ["u-3"]}"#;
-    let bundle = sign_delta(&a, &key, "v2", delta);
+    let bundle = central.sign("v2", "users-delta", delta);
     let v = a.cmd_with(&["bundle", "verify"], &[bundle.to_str().unwrap()]);
     let vout = String::from_utf8_lossy(&v.stdout);
     assert!(
@@ -327,7 +265,7 @@ fn a_delta_in_a_running_agent_removes_a_user_whose_record_is_pending() {
 
     // A delta on a stale base is refused with both versions named.
     let stale = r#"{"version": 3, "base_version": 1, "remove": ["u-2"]}"#;
-    drop_in(&a, &sign_delta(&a, &key, "v3", stale), "0003.json");
+    drop_in(&a, &central.sign("v3", "users-delta", stale), "0003.json");
     let reason = rejection_reason(&a, "0003.json");
     assert!(
         reason.contains("base version 1") && reason.contains("version 2 is in force"),
@@ -360,7 +298,7 @@ fn records_in_flight_while_deltas_apply_are_matched_against_one_model() {
     // -> t1) with every delta while records of it flow. A record matched
     // against a mix of two models would pair a user with the other's
     // policy: u-a under t1 or u-b under t0.
-    let (a, key) = appliance();
+    let (a, central) = appliance();
     let mut cfg = fs::read_to_string(&a.config).unwrap();
     cfg = cfg.replace(
         "[[policies]]",
@@ -379,7 +317,7 @@ fn records_in_flight_while_deltas_apply_are_matched_against_one_model() {
         a.targets[0].display(),
         t1.display()
     );
-    drop_in(&a, &sign(&a, &key, "v1", &model_v1), "0001.json");
+    drop_in(&a, &central.sign("v1", "config", &model_v1), "0001.json");
     wait_for(Duration::from_secs(20), || version_in_force(&a) == "1");
     let mut ids = Vec::new();
     for v in 2..=7u64 {
@@ -394,7 +332,7 @@ fn records_in_flight_while_deltas_apply_are_matched_against_one_model() {
                 {{"id": "u-b", "extensions": ["{eb}"], "policies": ["pb"]}}]}}"#,
             v - 1
         );
-        let b = sign_delta(&a, &key, &format!("v{v}"), &delta);
+        let b = central.sign(&format!("v{v}"), "users-delta", &delta);
         for k in 0..3 {
             let id = format!("fl-{v}-{k}");
             Rec::voice(&id, "500").write(&a.spool.join("flow"));

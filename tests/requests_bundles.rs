@@ -230,7 +230,7 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
 
     let inbox = a.state.join("inbox");
     let sign = |name: &str, kind: &str, payload: String| central.sign(name, kind, &payload);
-    let push = |b: &std::path::Path, name: &str| push(&a, b, name);
+    let push = |b: &std::path::Path, name: &str| drop_in(&a, b, name);
     let full = sign(
         "v1",
         "config",
@@ -315,75 +315,6 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     );
 }
 
-/// A central manager's signing key, made with `exportd keygen`, and what it
-/// signs with `exportd bundle sign`.
-struct Central {
-    dir: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-impl Central {
-    fn new(a: &Appliance) -> Central {
-        let key = a.dir.path().join("central");
-        let out = std::process::Command::new(exe())
-            .arg("keygen")
-            .arg(&key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Central {
-            dir: a.dir.path().to_path_buf(),
-            key,
-        }
-    }
-
-    /// The config's `[[trust]]` entry for this key (config and export roles).
-    fn trust(&self) -> String {
-        format!(
-            "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
-            pubkey(&self.key)
-        )
-    }
-
-    /// `payload` signed as a bundle of `kind`; the bundle's path.
-    fn sign(&self, name: &str, kind: &str, payload: &str) -> std::path::PathBuf {
-        let p = self.dir.join(format!("{name}.payload.json"));
-        fs::write(&p, payload).unwrap();
-        let b = self.dir.join(format!("{name}.bundle.json"));
-        let s = std::process::Command::new(exe())
-            .args(["bundle", "sign", "--key"])
-            .arg(self.key.with_extension("key"))
-            .args(["--keyid", "central", "--type", kind])
-            .arg(&p)
-            .arg("--out")
-            .arg(&b)
-            .output()
-            .unwrap();
-        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-        b
-    }
-}
-
-/// Drops a bundle into a running agent's inbox as `name` (written under a
-/// temp name, then renamed, as config.md asks).
-fn push(a: &Appliance, bundle: &std::path::Path, name: &str) {
-    let inbox = a.state.join("inbox");
-    let tmp = inbox.join(format!(".{name}.tmp"));
-    fs::copy(bundle, &tmp).unwrap();
-    fs::rename(&tmp, inbox.join(name)).unwrap();
-}
-
-fn pubkey(prefix: &std::path::Path) -> String {
-    fs::read_to_string(prefix.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     let a = Appliance::new(1);
@@ -416,7 +347,7 @@ fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     );
 
     let inbox = a.state.join("inbox");
-    push(&a, &bundle, "0001.json");
+    drop_in(&a, &bundle, "0001.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("accepted/0001.json").exists()
     });
@@ -428,7 +359,7 @@ fn signed_bundles_through_the_inbox_of_a_running_daemon() {
     });
 
     // A replay of the same bundle is rejected, with a reason file and an audit row.
-    push(&a, &bundle, "0002.json");
+    drop_in(&a, &bundle, "0002.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("rejected/0002.json.reason").exists()
     });

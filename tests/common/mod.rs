@@ -321,6 +321,72 @@ impl Drop for Daemon {
     }
 }
 
+/// A central manager's signing key, made with `exportd keygen`, and what it
+/// signs with `exportd bundle sign`.
+pub struct Central {
+    dir: PathBuf,
+    /// The key pair's prefix (`.key`, `.pub` beside it).
+    pub key: PathBuf,
+}
+
+impl Central {
+    pub fn new(a: &Appliance) -> Central {
+        let key = a.dir.path().join("central");
+        let out = Command::new(exe())
+            .arg("keygen")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Central {
+            dir: a.dir.path().to_path_buf(),
+            key,
+        }
+    }
+
+    /// The config's `[[trust]]` entry for this key (config and export roles).
+    pub fn trust(&self) -> String {
+        format!(
+            "[[trust]]\nkeyid = \"central\"\npublic_key = \"{}\"\nroles = [\"config\", \"export\"]\n\n",
+            fs::read_to_string(self.key.with_extension("pub"))
+                .unwrap()
+                .trim()
+        )
+    }
+
+    /// `payload` signed as a bundle of `kind`; the bundle's path.
+    pub fn sign(&self, name: &str, kind: &str, payload: &str) -> PathBuf {
+        let p = self.dir.join(format!("{name}.payload.json"));
+        fs::write(&p, payload).unwrap();
+        let b = self.dir.join(format!("{name}.bundle.json"));
+        let s = Command::new(exe())
+            .args(["bundle", "sign", "--key"])
+            .arg(self.key.with_extension("key"))
+            .args(["--keyid", "central", "--type", kind])
+            .arg(&p)
+            .arg("--out")
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        b
+    }
+}
+
+/// Drops a bundle into an agent's inbox as `name` the way a transport
+/// does (written under a temp name, then renamed, as config.md asks).
+pub fn drop_in(a: &Appliance, bundle: &Path, name: &str) {
+    let inbox = a.state.join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    let tmp = inbox.join(format!(".{name}.tmp"));
+    fs::copy(bundle, &tmp).unwrap();
+    fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
 /// Polls `f` until true or the timeout (then panics).
 /// (The timeout is scaled in the emulated lanes: [`patience`].)
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) {
