@@ -148,9 +148,9 @@ fn a_file_still_open_for_writing_in_a_moved_in_folder_is_waited_for() {
 }
 
 /// A content file deleted while it is still open for writing (a recorder
-/// that cancels it, keeping the XML) never gets a close event the agent
-/// can see (`IN_EXCL_UNLINK`): the record waiting on it is not left
-/// waiting for ever, but found incomplete and reported after the grace.
+/// that cancels it, keeping the XML) shows its close only when the writer
+/// lets go of it, which may be never: the record waiting on it does not
+/// wait for that, but is found incomplete and reported after the grace.
 #[test]
 fn a_file_deleted_while_open_for_writing_is_reported_missing() {
     let a = Appliance::new(1);

@@ -463,11 +463,7 @@ impl Agent {
                     self.schedule.enqueue(x, opts)
                 }
                 WatchOut::ContentComplete(p) => {
-                    debug!(file = %p.display(), "content file closed");
-                    self.schedule.file_complete(&p)
-                }
-                WatchOut::ContentGone(p) => {
-                    debug!(file = %p.display(), "content file deleted or moved away");
+                    debug!(file = %p.display(), "content file closed, deleted or moved away");
                     self.schedule.file_complete(&p)
                 }
                 WatchOut::Forget(key) => {

@@ -59,8 +59,8 @@ pub enum Then {
     /// A content file is complete: records waiting for it go again.
     ContentComplete,
     /// A content file was deleted or moved away: records waiting for it go
-    /// again (and find it missing). Its close event may never be seen: a
-    /// file unlinked while open has left the watched folder.
+    /// again (and find it missing). A file unlinked while open shows its
+    /// close only when its writer lets go of it, which may be never.
     ContentGone,
 }
 

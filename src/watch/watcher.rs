@@ -26,11 +26,9 @@ use crate::watch::spool::{self, XmlRef};
 pub enum WatchOut {
     /// A record's XML to queue.
     Found(XmlRef, Options),
-    /// A content file is complete: records waiting for it go again.
+    /// A content file is complete, or gone (deleted or moved away):
+    /// records waiting for it go again (and find it whole, or missing).
     ContentComplete(PathBuf),
-    /// A content file was deleted or moved away: records waiting for it go
-    /// again (and find it missing).
-    ContentGone(PathBuf),
     /// A record's XML is gone: forget its version.
     Forget(PathKey),
     /// Something changed in the keys folder.
@@ -744,15 +742,12 @@ impl Watcher {
                     self.out.push(WatchOut::Found(x, Options::default()));
                 }
             }
-            Then::ContentComplete => {
+            // A file gone: its waiters go again and find it missing
+            // (reported after the grace), rather than wait for a close
+            // that comes only when its writer lets go of it.
+            Then::ContentComplete | Then::ContentGone => {
                 self.uncertain.closed(&path);
                 self.complete(path);
-            }
-            Then::ContentGone => {
-                // Waiters go again and find it missing (reported after the
-                // grace), rather than wait for a close never seen.
-                self.uncertain.closed(&path);
-                self.out.push(WatchOut::ContentGone(path));
             }
         }
     }
