@@ -229,28 +229,26 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     let _d = a.spawn();
 
     let inbox = a.state.join("inbox");
-    let sign = |name: &str, kind: &str, payload: String| central.sign(name, kind, &payload);
-    let push = |b: &std::path::Path, name: &str| drop_in(&a, b, name);
-    let full = sign(
+    let full = central.sign(
         "v1",
         "config",
-        format!(
+        &format!(
             r#"{{"version": 1, "targets": [{{"id": "t0", "kind": "fs", "path": "{}"}}],
                "policies": [{{"id": "p", "name": "P", "targets": ["t0"]}}],
                "users": [{{"id": "u-2", "email": "bob@corp.example", "extensions": ["200"], "policies": ["p"]}}]}}"#,
             a.targets[0].display()
         ),
     );
-    push(&full, "0001.json");
+    drop_in(&a, &full, "0001.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("accepted/0001.json").exists()
     });
-    let delta = sign(
+    let delta = central.sign(
         "v2",
         "users-delta",
-        r#"{"version": 2, "base_version": 1, "upsert": [{"id": "u-3", "name": "Carol", "email": "carol@corp.example", "extensions": ["300"], "policies": ["p"]}]}"#.into(),
+        r#"{"version": 2, "base_version": 1, "upsert": [{"id": "u-3", "name": "Carol", "email": "carol@corp.example", "extensions": ["300"], "policies": ["p"]}]}"#,
     );
-    push(&delta, "0002.json");
+    drop_in(&a, &delta, "0002.json");
     wait_for(Duration::from_secs(20), || {
         inbox.join("accepted/0002.json").exists()
     });
@@ -259,8 +257,9 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
             r#"{{"request_id": "{id}", "time_from": "2026-11-01T00:00:00Z", "time_to": "2026-11-30T00:00:00Z", "target": "t0", "users": ["{user}"], "modalities": ["im"]}}"#
         )
     };
-    push(
-        &sign("r1", "export-request", request("r-carol", "u-3")),
+    drop_in(
+        &a,
+        &central.sign("r1", "export-request", &request("r-carol", "u-3")),
         "0003.json",
     );
     let status = |id: &str| -> serde_json::Value {
@@ -299,8 +298,9 @@ fn a_request_in_the_daemon_finds_a_delta_users_records_by_mail_address() {
     assert!(emails.contains(&"carol@corp.example"), "{v}");
 
     // u-1 was the inline model's: not in force since the bundle.
-    push(
-        &sign("r2", "export-request", request("r-old", "u-1")),
+    drop_in(
+        &a,
+        &central.sign("r2", "export-request", &request("r-old", "u-1")),
         "0004.json",
     );
     wait_for(Duration::from_secs(30), || {

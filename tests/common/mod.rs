@@ -305,11 +305,10 @@ impl Drop for Daemon {
             };
             let _ = c.kill();
             let mut log = Vec::new();
-            if let Some(mut e) = c.stderr.take() {
-                let _ = std::io::Read::read_to_end(&mut e, &mut log);
-            }
             if let Some(f) = &self.log {
                 log = fs::read(f).unwrap_or_default();
+            } else if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_end(&mut e, &mut log);
             }
             let _ = c.wait();
             eprintln!(
