@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::export::Options;
 use crate::ledger::journal::{self, FileStore, Journal, PathKey};
 use crate::watch::lease::{self, Writers};
+use crate::watch::map::WatchMap;
 use crate::watch::pending::{self, Flags, Then, Uncertain, Writing};
 use crate::watch::spool::{self, XmlRef};
 
@@ -125,7 +126,11 @@ const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
 pub struct Watcher {
     stream: EventStream<Vec<u8>>,
     setup: WatchSetup,
-    watches: HashMap<WatchDescriptor, PathBuf>,
+    /// The folder each watch descriptor stands for (compact: one per
+    /// spool folder, see [`WatchMap`]).
+    watches: WatchMap,
+    /// The keys folder's watch, removed when the folder changes.
+    keys_wd: Option<WatchDescriptor>,
     /// The watch limit was reached (folders are left unwatched): when the
     /// spool is rescanned. Set once when the limit is hit, not recomputed
     /// on every wake-up (or the rescan would never come).
@@ -153,7 +158,8 @@ impl Watcher {
         Ok(Watcher {
             stream,
             setup,
-            watches: HashMap::new(),
+            watches: WatchMap::new(),
+            keys_wd: None,
             rescan_at: None,
             limit_logged: false,
             uncertain: Uncertain::default(),
@@ -174,7 +180,8 @@ impl Watcher {
                     | WatchMask::DELETE
                     | WatchMask::ATTRIB,
             ) {
-                self.watches.insert(wd, dir.clone());
+                self.watches.insert(wd.get_watch_descriptor_id(), dir, None);
+                self.keys_wd = Some(wd);
             }
         }
     }
@@ -185,7 +192,8 @@ impl Watcher {
             &self.setup.inbox,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
         ) {
-            self.watches.insert(wd, self.setup.inbox.clone());
+            self.watches
+                .insert(wd.get_watch_descriptor_id(), &self.setup.inbox, None);
         }
     }
 
@@ -199,15 +207,9 @@ impl Watcher {
         }
         let old = std::mem::replace(&mut self.setup.keys_dir, dir);
         let shared = old == self.setup.inbox || self.root_of(&old).is_some();
-        if !shared {
-            let stale: Vec<WatchDescriptor> = self
-                .watches
-                .iter()
-                .filter(|(_, p)| **p == old)
-                .map(|(w, _)| w.clone())
-                .collect();
-            for wd in stale {
-                self.watches.remove(&wd);
+        if let Some(wd) = self.keys_wd.take() {
+            if !shared {
+                self.watches.remove(wd.get_watch_descriptor_id());
                 let _ = self.stream.watches().remove(wd);
             }
         }
@@ -305,7 +307,17 @@ impl Watcher {
     fn add_watch(&mut self, dir: &Path) {
         match self.stream.watches().add(dir, WATCH_MASK) {
             Ok(wd) => {
-                self.watches.insert(wd, dir.to_path_buf());
+                let root = root_in(&self.setup.spool, dir);
+                if !self.watches.insert(
+                    wd.get_watch_descriptor_id(),
+                    dir,
+                    root.map(|r| r.as_path()),
+                ) {
+                    // Never reached for a spool folder: the scan and the
+                    // events skip names that are not UTF-8.
+                    warn!("cannot watch {}: not a UTF-8 path", dir.display());
+                    let _ = self.stream.watches().remove(wd);
+                }
             }
             Err(e) if e.raw_os_error() == Some(28) => {
                 if !self.limit_logged {
@@ -565,7 +577,10 @@ impl Watcher {
                         | WatchMask::MASK_ADD,
                 ) {
                     Ok(wd) => {
-                        self.watches.entry(wd).or_insert_with(|| p.to_path_buf());
+                        let id = wd.get_watch_descriptor_id();
+                        if !self.watches.contains(id) {
+                            self.watches.insert(id, p, None);
+                        }
                         self.ancestors.insert(p.to_path_buf());
                     }
                     Err(e) => warn!(
@@ -594,7 +609,7 @@ impl Watcher {
             self.watch_gone(&wd);
             return self.take();
         }
-        let Some(dir) = self.watches.get(&wd).cloned() else {
+        let Some(dir) = self.watches.path(wd.get_watch_descriptor_id()) else {
             return self.take();
         };
         if self.ancestors.contains(&dir) && self.root_of(&dir).is_none() {
@@ -636,7 +651,7 @@ impl Watcher {
     /// A watch ended: a root deleted or unmounted under us is unknown until
     /// listed again.
     fn watch_gone(&mut self, wd: &WatchDescriptor) {
-        if let Some(p) = self.watches.remove(wd) {
+        if let Some(p) = self.watches.remove(wd.get_watch_descriptor_id()) {
             if self.setup.spool.contains(&p) {
                 warn!(
                     "spool root {} went away (deleted or unmounted); it is looked for again",
