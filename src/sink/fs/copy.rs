@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 /// Copy buffer size (one buffer for a small file, three in flight for a
 /// large one).
-const BUF: usize = 64 << 10;
+const BUF: usize = 32 << 10;
 /// Copy buffers kept for reuse (enough for 8 workers copying large files).
 const POOL_MAX: usize = 24;
 
