@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use bech32::primitives::decode::CheckedHrpstring;
 use bech32::{Bech32, Hrp};
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit};
+use exportd_hot::Aead;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
@@ -134,20 +134,16 @@ impl Identity {
         salt[..32].copy_from_slice(share);
         salt[32..].copy_from_slice(&self.public);
         let wrap_key = format::hkdf32(&salt, shared.as_bytes(), X25519_LABEL);
-        let aead = ChaCha20Poly1305::new(&(*wrap_key).into());
+        let aead = Aead::new(&wrap_key);
         let mut key: FileKey = Zeroizing::new([0u8; FILE_KEY_LEN]);
         key.copy_from_slice(&body[..FILE_KEY_LEN]);
         let tag = <[u8; 16]>::try_from(&body[FILE_KEY_LEN..])
             .map_err(|_| AgeError::Header("X25519 stanza body has a wrong length".into()))?;
         let nonce = [0u8; 12];
-        match aead.decrypt_inout_detached(
-            &nonce.into(),
-            &[],
-            key.as_mut_slice().into(),
-            &tag.into(),
-        ) {
-            Ok(()) => Ok(Some(key)),
-            Err(_) => Ok(None),
+        if aead.open(&nonce, key.as_mut_slice(), &tag) {
+            Ok(Some(key))
+        } else {
+            Ok(None)
         }
     }
 }
@@ -211,12 +207,12 @@ impl Recipient {
         salt[..32].copy_from_slice(&share);
         salt[32..].copy_from_slice(&self.key);
         let wrap_key = format::hkdf32(&salt, shared.as_bytes(), X25519_LABEL);
-        let aead = ChaCha20Poly1305::new(&(*wrap_key).into());
+        let aead = Aead::new(&wrap_key);
         let mut body = vec![0u8; WRAPPED_KEY_LEN];
         body[..FILE_KEY_LEN].copy_from_slice(file_key.as_slice());
         let tag = aead
-            .encrypt_inout_detached(&[0u8; 12].into(), &[], body[..FILE_KEY_LEN].as_mut().into())
-            .map_err(|_| AgeError::Key("wrapping the file key failed".into()))?;
+            .seal(&[0u8; 12], &mut body[..FILE_KEY_LEN])
+            .ok_or_else(|| AgeError::Key("wrapping the file key failed".into()))?;
         body[FILE_KEY_LEN..].copy_from_slice(&tag);
         Ok((vec!["X25519".into(), format::b64_encode(&share)], body))
     }

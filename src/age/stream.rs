@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Write};
 
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit};
+use exportd_hot::Aead;
 use zeroize::Zeroizing;
 
 use super::AgeError;
@@ -33,9 +33,9 @@ pub(crate) fn chunk_nonce(counter: u64, last: bool) -> [u8; 12] {
     n
 }
 
-fn payload_aead(nonce: &[u8; NONCE_LEN], file_key: &FileKey) -> ChaCha20Poly1305 {
+fn payload_aead(nonce: &[u8; NONCE_LEN], file_key: &FileKey) -> Aead {
     let key = format::hkdf32(nonce, file_key.as_slice(), b"payload");
-    ChaCha20Poly1305::new(&(*key).into())
+    Aead::new(&key)
 }
 
 /// Reads into `buf[*have..]` until it is full or the source ends.
@@ -86,7 +86,7 @@ enum State {
 pub struct Decryptor<R: Read> {
     src: R,
     buf: Zeroizing<Box<[u8]>>,
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     /// Ciphertext bytes at `buf[..have]` (meaningful when no plaintext is pending).
     have: usize,
     /// A lookahead byte from the next chunk sits at `buf[ENC_CHUNK]`.
@@ -159,9 +159,7 @@ impl<R: Read> Decryptor<R> {
         let Ok(tag) = <[u8; TAG]>::try_from(&*rest) else {
             return false;
         };
-        self.aead
-            .decrypt_inout_detached(&nonce.into(), &[], ct.into(), &tag.into())
-            .is_ok()
+        self.aead.open(&nonce, ct, &tag)
     }
 
     /// Makes the chunk of `len` ciphertext bytes the pending plaintext.
@@ -288,7 +286,7 @@ pub struct Encryptor<W: Write> {
     buf: Zeroizing<Box<[u8]>>,
     len: usize,
     counter: u64,
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     poisoned: bool,
 }
 
@@ -336,8 +334,8 @@ impl<W: Write> Encryptor<W> {
         let len = self.len;
         let tag = self
             .aead
-            .encrypt_inout_detached(&nonce.into(), &[], self.buf[..len].as_mut().into())
-            .map_err(|_| io::Error::other("age chunk encryption failed"))?;
+            .seal(&nonce, &mut self.buf[..len])
+            .ok_or_else(|| io::Error::other("age chunk encryption failed"))?;
         self.buf[len..len + TAG].copy_from_slice(&tag);
         self.dst.write_all(&self.buf[..len + TAG])?;
         self.counter = self

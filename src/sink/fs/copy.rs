@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256, Sha512};
+use exportd_hot::{Sha256, Sha512};
 
 /// Copy buffer size (one buffer for a small file, three in flight for a
 /// large one).
@@ -70,6 +70,32 @@ pub fn start_writeback(f: &File, offset: u64, len: u64) -> bool {
     r == 0
 }
 
+/// Written bytes after which their writeback is started
+/// ([`start_writeback`]), RocksDB's `bytes_per_sync`: the disk writes the
+/// copy while it is being made, so the temp's `fdatasync` at the end finds
+/// little left, and a large copy never piles up dirty pages that the
+/// kernel then writes back at once (holding up every other sync).
+const BYTES_PER_SYNC: u64 = 1 << 20;
+
+/// The copy's bytes written so far, and how far their writeback is started.
+#[derive(Default)]
+struct Writeback {
+    written: u64,
+    started: u64,
+}
+
+impl Writeback {
+    /// `n` more bytes were written to `out`.
+    fn wrote(&mut self, out: &File, n: usize) {
+        self.written += n as u64;
+        if self.written - self.started >= BYTES_PER_SYNC {
+            // A failure here is reported by the temp's fdatasync.
+            start_writeback(out, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+    }
+}
+
 /// Sources at least this large (or of unknown size: decrypted) are copied
 /// by two threads.
 pub(super) const PIPE_MIN: u64 = 2 << 20;
@@ -101,8 +127,8 @@ impl Hashes {
     }
     pub(super) fn finish(self) -> Hashed {
         (
-            self.h256.finalize().into(),
-            self.h512.map(|h| h.finalize().into()),
+            self.h256.finalize(),
+            self.h512.map(Sha512::finalize),
             self.total,
         )
     }
@@ -135,6 +161,7 @@ pub(super) fn copy_inline(
     h: &mut Hashes,
 ) -> Result<(), CopyError> {
     let mut buf = PoolBuf::take();
+    let mut wb = Writeback::default();
     loop {
         let n = read_full(input, &mut buf).map_err(CopyError::Read)?;
         if n == 0 {
@@ -142,6 +169,7 @@ pub(super) fn copy_inline(
         }
         h.update(&buf[..n]);
         (&*out).write_all(&buf[..n]).map_err(CopyError::Write)?;
+        wb.wrote(out, n);
     }
 }
 
@@ -161,9 +189,11 @@ pub(super) fn copy_pipelined(
     }
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), io::Error> {
+            let mut wb = Writeback::default();
             for (buf, n) in full_rx {
                 h.update(&buf[..n]);
                 (&*out).write_all(&buf[..n])?;
+                wb.wrote(out, n);
                 if empty_tx.send(buf).is_err() {
                     break;
                 }
@@ -218,5 +248,5 @@ pub fn sha256_of(f: &mut dyn Read) -> io::Result<[u8; 32]> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use sha2::{Digest, Sha256, Sha512};
+use exportd_hot::{Sha256, Sha512};
 
 use crate::sink::Source;
 
@@ -90,7 +90,7 @@ pub(super) fn first_pass(
                 part_fill += take as u64;
                 rest = &rest[take..];
                 if part_fill == ps {
-                    parts.push(std::mem::take(&mut part_h).finalize().into());
+                    parts.push(std::mem::take(&mut part_h).finalize());
                     part_fill = 0;
                 }
             }
@@ -98,13 +98,13 @@ pub(super) fn first_pass(
     }
     if let Some(parts) = parts.as_mut() {
         if part_fill > 0 || parts.is_empty() {
-            parts.push(part_h.finalize().into());
+            parts.push(part_h.finalize());
         }
     }
     Ok(Digests {
         len,
-        sha256: h256.finalize().into(),
-        sha512: h512.map(|h| h.finalize().into()),
+        sha256: h256.finalize(),
+        sha512: h512.map(Sha512::finalize),
         parts,
         part_size: ps,
     })
@@ -133,7 +133,7 @@ impl Read for Verified<'_> {
         self.hasher.update(&buf[..n]);
         self.remaining -= n as u64;
         if self.remaining == 0 {
-            let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+            let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize();
             if got != self.expected {
                 return Err(changed("the source bytes changed"));
             }

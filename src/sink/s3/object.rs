@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use sha2::{Digest, Sha256};
+use exportd_hot::Sha256;
 
 use super::S3Target;
 use super::client::{Call, Resp, header, send_to_target};
@@ -124,7 +124,7 @@ impl S3Target {
                 h.update(&buf[..n]);
                 n_total += n as u64;
             }
-            Ok((h.finalize().into(), n_total))
+            Ok((h.finalize(), n_total))
         })
     }
 

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
+use exportd_hot::Sha256;
 
 use super::client::jitter;
 use super::digest::Verified;
@@ -146,7 +146,7 @@ fn part_hashes_and_verified_reader() {
     assert_eq!(d.len, 1000);
     let parts = d.parts.as_ref().unwrap();
     assert_eq!(parts.len(), 4);
-    let want: [u8; 32] = Sha256::digest(&data[900..]).into();
+    let want: [u8; 32] = Sha256::digest(&data[900..]);
     assert_eq!(parts[3], want);
     assert!(d.sha512.is_some());
     assert!(d.composite_b64().unwrap().ends_with("-4"));

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use sha2::{Digest, Sha256};
+use exportd_hot::Sha256;
 
 use super::S3Target;
 use super::client::{Body, Call, Resp, header, read_small, send_to_target};
