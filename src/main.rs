@@ -8,26 +8,76 @@
 
 mod cli;
 
-/// At most two malloc arenas. glibc gives each thread that allocates its
-/// own arena (up to 8 per core), and every arena keeps what its thread
-/// freed: with 8 copy workers that alone was ~2 MiB of a ~9 MiB resident
-/// set. The workers allocate little per record, so sharing costs nothing
-/// measurable.
+/// glibc's allocator, tuned for a small resident set (BENCHMARKS.md,
+/// issue 22):
+/// - One malloc arena. glibc gives each thread that allocates its own
+///   arena (up to 8 per core), and every arena keeps what its thread
+///   freed: with 8 copy workers that alone was ~2 MiB of a ~9 MiB resident
+///   set, and a second arena still held ~0.8 MiB of free memory at 200
+///   records/s. The workers allocate little per record, so sharing one
+///   costs nothing measurable.
+/// - Blocks of 64 KiB and more always in their own mapping. By default the
+///   threshold rises to the largest block freed, after which growing
+///   buffers (the watch map, the journal's shards) are moved within the
+///   heap, each move leaving a hole as large as the buffer was; mapped
+///   blocks grow in place (`mremap`) and go back to the kernel when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
+fn tune_malloc() {
     #[allow(unsafe_code)]
-    // SAFETY: mallopt only sets an allocator tunable; it is called before
+    // SAFETY: mallopt only sets allocator tunables; it is called before
     // any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
+
+/// The daemon (`exportd run`) without glibc's per-thread malloc caches.
+/// Each thread keeps up to 7 freed blocks of every small size for itself,
+/// blocks that cannot be merged or reused by the others: at 200 records/s
+/// in a folder per record the heap was 2.0 MiB resident with them and
+/// 0.9 MiB without (VmHWM 8.2 -> 6.9 MiB, latency unchanged;
+/// BENCHMARKS.md, issue 22). glibc reads the tunable only when a program
+/// starts, and no `mallopt` sets it, so the daemon starts itself again
+/// (same process, same pid: `execve` of its own binary) with
+/// `GLIBC_TUNABLES` set, unless the variable is set already (the systemd
+/// unit sets it; an operator's own tunables are left as they are). Where
+/// that exec fails (no binary to exec, an emulator without
+/// binfmt_misc), the daemon runs on with the caches.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn without_thread_caches() {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let rest: Vec<std::ffi::OsString> = args.collect();
+    let daemon = rest.iter().find(|a| !a.to_string_lossy().starts_with('-'));
+    if daemon.is_none_or(|c| c != "run") {
+        return;
+    }
+    // An operator's own tunables are theirs: left as they are.
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // Returns only when the exec failed: run on as we are.
+    let _ = std::process::Command::new(exe)
+        .arg0(argv0)
+        .args(rest)
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+        .exec();
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn without_thread_caches() {}
 
 fn main() {
-    limit_malloc_arenas();
+    without_thread_caches();
+    tune_malloc();
     let code = match cli::main() {
         Ok(code) => code,
         Err(e) => {
