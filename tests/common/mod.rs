@@ -867,6 +867,10 @@ pub fn check_exactly_once(a: &Appliance, due: &[DueCopy]) -> OnceReport {
         if n > *n_targets {
             rep.duplicate_rows += 1;
             rep.extra_rows += n - n_targets;
+            // What the audit log says of that record, for the failure below.
+            for r in a.audit_rows().iter().filter(|r| r.get(1) == Some(&k.0)) {
+                eprintln!("audit row of duplicated {k:?}: {}", r.join(" | "));
+            }
         }
     }
     // One export row per copy, ever: a crash between the row and the
