@@ -45,15 +45,17 @@ fn tune_malloc() {}
 /// (same process, same pid: `execve` of its own binary) with
 /// `GLIBC_TUNABLES` set, unless the variable is set already (the systemd
 /// unit sets it; an operator's own tunables are left as they are). Where
-/// that exec fails (no binary to exec, an emulator without
-/// binfmt_misc), the daemon runs on with the caches.
+/// that exec fails (no binary to exec, an emulator without binfmt_misc),
+/// the daemon runs on with the caches.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn without_thread_caches() {
-    use std::os::unix::process::CommandExt;
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_default();
-    let rest: Vec<std::ffi::OsString> = args.collect();
-    let daemon = rest.iter().find(|a| !a.to_string_lossy().starts_with('-'));
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let daemon = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'));
     if daemon.is_none_or(|c| c != "run") {
         return;
     }
@@ -64,12 +66,41 @@ fn without_thread_caches() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    // Returns only when the exec failed: run on as we are.
-    let _ = std::process::Command::new(exe)
-        .arg0(argv0)
-        .args(rest)
-        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
-        .exec();
+    let cstr = |b: &[u8]| CString::new(b).ok();
+    let Some(path) = cstr(exe.as_os_str().as_bytes()) else {
+        return;
+    };
+    let Some(argv) = args
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Option<Vec<CString>>>()
+    else {
+        return;
+    };
+    let mut envp: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            cstr(&e)
+        })
+        .collect();
+    envp.push(c"GLIBC_TUNABLES=glibc.malloc.tcache_count=0".to_owned());
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // execve itself, not std's exec: that one is execvp, which runs a file
+    // the kernel refuses (ENOEXEC: a foreign binary under qemu-user) as a
+    // shell script.
+    #[allow(unsafe_code)]
+    // SAFETY: every pointer is to a NUL-terminated string owned above, the
+    // two arrays end with a null pointer, and all outlive the call; the
+    // call returns only on failure, changing nothing (the process is still
+    // single-threaded here).
+    unsafe {
+        libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
