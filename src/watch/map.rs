@@ -154,15 +154,6 @@ impl WatchMap {
         Some(path)
     }
 
-    /// The descriptors whose folder is `dir`.
-    pub fn wds_of(&self, dir: &Path) -> Vec<i32> {
-        self.slots
-            .iter()
-            .filter(|s| s.base != DEAD && self.path_of(s) == dir)
-            .map(|s| s.wd)
-            .collect()
-    }
-
     /// Rebuilds the slots and the names once half of either is dead, so
     /// that a spool whose folders come and go keeps a bounded map.
     fn maybe_rebuild(&mut self) {
@@ -187,9 +178,9 @@ impl WatchMap {
         self.dead_bytes = 0;
     }
 
-    /// Bytes held by the map (its two buffers and the roots), for tests
-    /// and the memory bench.
-    pub fn heap_bytes(&self) -> usize {
+    /// Bytes held by the map (its two buffers and the roots).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.names.capacity()
             + self
@@ -219,7 +210,6 @@ mod tests {
         assert_eq!(m.path(4).unwrap(), Path::new("/srv/inbox"));
         assert_eq!(m.path(5), None);
         assert_eq!(m.len(), 4);
-        assert_eq!(m.wds_of(Path::new("/etc/exportd/keys")), vec![3]);
     }
 
     #[test]
